@@ -144,3 +144,44 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def resolve_redis(url: str | None, state_dir: Path) -> tuple[str, RedisServer | None]:
+    """The Redis URL to use, starting the embedded server when none is configured.
+
+    An explicit *url* wins. Otherwise an embedded server already running for this state
+    folder (another ``watch`` or ``up`` on this host wrote its URL to ``redis/server.url``)
+    is shared. Otherwise one is started with its data in ``<state_dir>/redis``; the caller
+    owns it and stops it with :func:`stop_embedded`.
+    """
+    if url:
+        return url, None
+    data_dir = Path(state_dir) / "redis"
+    url_file = data_dir / "server.url"
+    if url_file.is_file():
+        known = url_file.read_text().strip()
+        if _answers(known):
+            return known, None
+    server = RedisServer(data_dir).start()
+    temporary = url_file.with_suffix(".tmp")
+    temporary.write_text(server.url + "\n")
+    temporary.replace(url_file)
+    return server.url, server
+
+
+def stop_embedded(server: RedisServer | None) -> None:
+    """Stop a server :func:`resolve_redis` started, and forget its URL."""
+    if server is None:
+        return
+    (server.data_dir / "server.url").unlink(missing_ok=True)
+    server.stop()
+
+
+def _answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
