@@ -125,6 +125,9 @@ class EnvironmentSettings(BaseModel):
 
     namespace: str
     kube_context: str | None = None
+    kube_api_url: str | None = Field(
+        None, description="API server URL used without kubeconfig (a local proxy, a test server)"
+    )
     components: tuple[Component, ...] = _DEFAULT_COMPONENTS
     base_url: str | None = Field(None, description="where /health, /ready, /api/status answer")
     image_template: str = "ghcr.io/anomalyco/monkeytown-{component}:{sha}"
@@ -183,6 +186,9 @@ class Settings(BaseSettings):
     dry_run: bool = False
     deploy_path: str = "deploy/overlays"
     job_timeout: float = Field(3600.0, gt=0)
+    lease_ttl: float = Field(
+        30.0, ge=1.0, description="seconds an environment lease outlives a silent worker"
+    )
     environments: dict[Environment, EnvironmentSettings] = Field(
         default_factory=_default_environments
     )
