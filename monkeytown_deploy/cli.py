@@ -18,7 +18,9 @@ from monkeytown_deploy import __version__
 from triggers import ParseResult, parse_trigger
 
 # name -> "module:attribute" of a click command, loaded on first use.
-LAZY_COMMANDS: dict[str, str] = {}
+LAZY_COMMANDS: dict[str, str] = {
+    "audit": "monkeytown_deploy.audit_cli:audit",
+}
 
 
 class LazyGroup(click.Group):
