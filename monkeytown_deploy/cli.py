@@ -19,6 +19,7 @@ from triggers import ParseResult, parse_trigger
 
 # name -> "module:attribute" of a click command, loaded on first use.
 LAZY_COMMANDS: dict[str, str] = {
+    "config": "monkeytown_deploy.config_cli:config",
     "audit": "monkeytown_deploy.audit_cli:audit",
     "status": "monkeytown_deploy.ops:status",
     "rollback": "monkeytown_deploy.ops:rollback",

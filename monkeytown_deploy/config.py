@@ -7,12 +7,23 @@ starts with no file at all; a file or the environment only says what differs.
 from __future__ import annotations
 
 import contextvars
+import difflib
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,6 +37,45 @@ CONFIG_ENV = "MONKEYTOWN_DEPLOY_CONFIG"
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "config_file", default=None
 )
+
+
+class SettingProblem(ValueError):
+    """A validator's complaint about one key, which may sit below the model that raised it.
+
+    Pydantic reports a model-level error at the model's own location, with the whole model
+    as its input; ``key`` and ``value`` let the report name the exact key and value instead.
+    """
+
+    def __init__(self, key: str, value: object, rule: str) -> None:
+        super().__init__(rule)
+        self.key = key
+        self.value = value
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _dns_label(value: str) -> str:
+    """Kubernetes names (namespaces, Deployments, containers) are DNS-1123 labels."""
+    if not _DNS_LABEL.match(value):
+        raise ValueError(
+            "must be a Kubernetes name: at most 63 lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _url(value: str | None, schemes: tuple[str, ...]) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not (parts.netloc or parts.scheme == "unix"):
+        raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+    return value
+
+
+def _http_url(value: str | None) -> str | None:
+    return _url(value, ("http", "https"))
 
 
 class ApprovalPolicy(StrEnum):
@@ -49,6 +99,8 @@ class Component(BaseModel):
     deployment: str
     container: str
 
+    _kubernetes_names = field_validator("deployment", "container")(_dns_label)
+
 
 _DEFAULT_COMPONENTS = (
     Component(name="web", deployment="monkeytown-web", container="web"),
@@ -71,11 +123,24 @@ class Canary(BaseModel):
     ingress: str = "monkeytown-web-canary"
     deployment_suffix: str = "-canary"
 
-    @model_validator(mode="after")
-    def _steps_increase(self) -> Canary:
-        steps = self.steps
+    _kubernetes_names = field_validator("ingress")(_dns_label)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_increase(cls, steps: tuple[int, ...]) -> tuple[int, ...]:
         if not steps or steps != tuple(sorted(set(steps))) or steps[0] < 1 or steps[-1] > 100:
-            raise ValueError(f"steps must be increasing weights between 1 and 100 (got {steps})")
+            raise ValueError("must be increasing canary weights between 1 and 100")
+        return steps
+
+    @model_validator(mode="after")
+    def _a_step_can_fail(self) -> Canary:
+        # With failure_limit >= samples every sample may fail and the step still passes.
+        if self.failure_limit >= self.samples:
+            raise SettingProblem(
+                "failure_limit",
+                self.failure_limit,
+                f"must be less than samples ({self.samples}), or no step can ever fail",
+            )
         return self
 
     def tightened_by(self, rollout: Rollout | None) -> Canary:
@@ -117,6 +182,8 @@ class Metrics(BaseModel):
     )
     requests_query: str = "sum(increase(http_requests_total[1m]))"
 
+    _urls = field_validator("url", "prometheus_url")(_http_url)
+
 
 class EnvironmentSettings(BaseModel):
     """Everything the daemon needs to know about one environment."""
@@ -139,11 +206,52 @@ class EnvironmentSettings(BaseModel):
     progress_deadline: float = Field(600.0, gt=0)
     gate_timeout: float = Field(60.0, gt=0)
 
+    _namespace = field_validator("namespace")(_dns_label)
+    _base_url = field_validator("base_url")(_http_url)
+
+    @field_validator("image_template")
+    @classmethod
+    def _template_has_sha(cls, template: str) -> str:
+        fields = set(re.findall(r"{([^{}]*)}", template))
+        if "sha" not in fields:
+            raise ValueError("must contain {sha}, the tag each deploy sets")
+        if unknown := fields - {"sha", "component"}:
+            raise ValueError(
+                f"may use only {{component}} and {{sha}} (unknown: {', '.join(sorted(unknown))})"
+            )
+        return template
+
+    @field_validator("components")
+    @classmethod
+    def _components_unique(cls, components: tuple[Component, ...]) -> tuple[Component, ...]:
+        names = [component.name for component in components]
+        if not names:
+            raise ValueError("must name at least one component to deploy")
+        if duplicates := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"component names must be unique (repeated: {', '.join(duplicates)})")
+        return components
+
     @model_validator(mode="after")
-    def _template_has_sha(self) -> EnvironmentSettings:
-        if "{sha}" not in self.image_template:
-            raise ValueError(f"image_template must contain {{sha}} (got {self.image_template!r})")
+    def _policy_can_be_met(self) -> EnvironmentSettings:
+        policy = self.approval_policy
+        if policy is ApprovalPolicy.MERGE and not self.approvers:
+            raise SettingProblem(
+                "approvers", [], "approval_policy merge needs at least one approver"
+            )
+        if policy is ApprovalPolicy.SIGNATURE and self.allowed_signers is None:
+            raise SettingProblem(
+                "allowed_signers", None, "approval_policy signature needs an allowed-signers file"
+            )
         return self
+
+    def endpoint(self, path: str) -> str | None:
+        """The URL of *path* (``/health``, ``/ready``, ``/api/status``) under ``base_url``."""
+        return self.base_url.rstrip("/") + path if self.base_url else None
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where the canary analysis reads JSON metrics: ``metrics.url`` or the base URL's."""
+        return self.metrics.url or self.endpoint("/api/metrics")
 
 
 def _default_environments() -> dict[Environment, EnvironmentSettings]:
@@ -205,11 +313,57 @@ class Settings(BaseSettings):
         toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file.get())
         return init_settings, env_settings, toml
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None:
+            _url(url.get_secret_value(), ("redis", "rediss", "unix"))
+        return url
+
+    @field_validator("notify_webhook")
+    @classmethod
+    def _webhook_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None:
+            _http_url(url.get_secret_value())
+        return url
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_port(cls, listen: str | None) -> str | None:
+        if listen is not None and not 0 < int(listen.rpartition(":")[2]) < 65536:
+            raise ValueError("port must be between 1 and 65535")
+        return listen
+
+    @field_validator("environments", mode="before")
+    @classmethod
+    def _fill_environments(cls, given: Any) -> Any:
+        """Environments a file leaves out, or leaves without a namespace, keep the defaults.
+
+        So ``[environments.production]`` with only ``approvers`` is a whole configuration,
+        and so is a single ``MONKEYTOWN_DEPLOY_ENVIRONMENTS__STAGING__BASE_URL`` variable.
+        """
+        if not isinstance(given, dict):
+            return given
+        filled = dict(given)
+        for env, defaults in _default_environments().items():
+            entry = filled.get(env, {})
+            if isinstance(entry, dict):
+                filled[env.value] = {"namespace": defaults.namespace, **entry}
+        return filled
+
     @model_validator(mode="after")
     def _every_environment(self) -> Settings:
-        missing = [env.value for env in Environment if env not in self.environments]
-        if missing:
-            raise ValueError(f"environments must configure {', '.join(missing)}")
+        seen: dict[tuple[str | None, str], Environment] = {}
+        for env, settings in self.environments.items():
+            place = (settings.kube_context, settings.namespace)
+            if place in seen:
+                raise SettingProblem(
+                    f"environments.{env}.namespace",
+                    settings.namespace,
+                    f"already used by {seen[place]} on the same kube_context: a deploy to "
+                    f"one would overwrite the other",
+                )
+            seen[place] = env
         return self
 
     @property
@@ -273,13 +427,71 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
 
 def _describe(exc: ValidationError) -> list[str]:
     problems = []
-    for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        value = error.get("input")
-        shown = "***" if _looks_secret(key) else repr(value)
+    errors = exc.errors()
+    # An unknown environment name is one problem, not one more for each key beneath it.
+    bad_names = {error["loc"][:-1] for error in errors if error["loc"][-1:] == ("[key]",)}
+    for error in errors:
+        loc = error["loc"]
+        if loc[-1:] != ("[key]",) and any(loc[: len(name)] == name for name in bad_names):
+            continue
+        parts = [str(part) for part in error["loc"] if part != "[key]"]
+        value = "(missing)" if error["type"] == "missing" else error.get("input")
         rule = error["msg"].removeprefix("Value error, ")
-        problems.append(f"{key} = {shown}: {rule}")
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, SettingProblem):
+            parts += cause.key.split(".")
+            value = cause.value
+        elif error["type"] == "extra_forbidden":
+            rule = _unknown_key_rule(parts)
+        key = ".".join(parts) or "(top level)"
+        problems.append(f"{key} = {_shown(key, value)}: {rule}{_from_environment(parts)}")
     return problems
+
+
+def _unknown_key_rule(parts: list[str]) -> str:
+    model: type[BaseModel] = Settings
+    for part in parts[:-1]:
+        annotation = model.model_fields.get(part)
+        inner = getattr(annotation, "annotation", None) if annotation else None
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            model = inner
+        elif part in [env.value for env in Environment]:
+            model = EnvironmentSettings
+    known = sorted(model.model_fields)
+    close = difflib.get_close_matches(parts[-1], known, n=1)
+    hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(known)}"
+    return f"unknown key ({hint})"
+
+
+def _from_environment(parts: list[str]) -> str:
+    """Name the variable a bad value came from, since the file may not contain it at all."""
+    name = "MONKEYTOWN_DEPLOY_" + "__".join(parts).upper()
+    return f" (from ${name})" if parts and name in os.environ else ""
+
+
+def _shown(key: str, value: object) -> str:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, str) and "://" in value:
+        return repr(mask_url(value, hide_path=_looks_secret(key)))
+    return "***" if _looks_secret(key) else repr(value)
+
+
+def mask_url(url: str, *, hide_path: bool = False) -> str:
+    """*url* with its password replaced by ``***``, and its path too with *hide_path*.
+
+    A Redis URL keeps its host, port and database so an operator can still tell which
+    server is meant; an HTTP webhook's path is its secret, so only the host remains.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    if parts.password is not None:
+        host = f"{parts.username or ''}:***@{host}"
+    secret_path = hide_path and parts.scheme in ("http", "https") and parts.path.strip("/")
+    path = "/***" if secret_path else parts.path
+    return f"{parts.scheme}://{host}{path}"
 
 
 def _looks_secret(key: str) -> bool:
