@@ -31,3 +31,12 @@ def canary_until(release: str) -> None:
     deadline = time.monotonic() + 60
     while not Path(release).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def count_deployment(environment: str) -> None:
+    """Count a started and a succeeded deployment, as a work-horse does."""
+    from monkeytown_deploy import metrics
+
+    metrics.DEPLOYMENTS.labels(environment, "started").inc()
+    metrics.DEPLOYMENTS.labels(environment, "succeeded").inc()
+    metrics.STAGE_SECONDS.labels(environment, "canary").observe(12.5)
