@@ -101,8 +101,10 @@ class Rollout(BaseModel):
     @field_validator("steps", mode="before")
     @classmethod
     def _steps(cls, value: object) -> tuple[int, ...] | None:
-        if value is None or isinstance(value, tuple | list):
-            items = list(value or ())
+        if value is None:
+            return None
+        if isinstance(value, tuple | list):
+            items = list(value)
         else:
             items = [item.strip().rstrip("%") for item in str(value).split(",")]
         message = (
@@ -188,6 +190,12 @@ class Trigger(BaseModel):
         if not value.strip():
             raise RuleViolation("title.empty", "The title after '## Trigger:' must not be empty")
         return value.strip()
+
+    @field_validator("rollout")
+    @classmethod
+    def _rollout(cls, value: Rollout | None) -> Rollout | None:
+        # An empty ### Rollout overrides nothing; keep one spelling for "no overrides".
+        return value if value is not None and value.model_dump(exclude_none=True) else None
 
     @field_validator("target", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ into ``Key: value`` pairs that remember their line. Value rules live in
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +23,15 @@ from triggers.model import ActionType, RuleViolation, Trigger
 
 MAX_TRIGGER_BYTES = 64 * 1024
 
-# One parser for the whole process: building a MarkdownIt compiles its rule chains.
-_MARKDOWN = MarkdownIt("commonmark")
+# One parser for the whole process: building a MarkdownIt compiles its rule chains. Only
+# the rules that shape a trigger are on; links, images and entities only cost time (their
+# text still comes through, as literal text). Inline parsing runs on demand, for the few
+# lines that carry markup, rather than for every paragraph.
+_BLOCK_RULES = ["heading", "lheading", "list", "hr", "fence", "html_block"]
+_INLINE_RULES = ["newline", "escape", "backticks", "emphasis"]
+_MARKDOWN = MarkdownIt("zero").enable([*_BLOCK_RULES, *_INLINE_RULES])
+_MARKDOWN.disable("inline")
+_INLINE_MARKUP = re.compile(r"[*_`\\]| {2}$", re.MULTILINE)
 
 _TITLE_RE = re.compile(r"trigger\s*:(?P<title>.*)", re.IGNORECASE)
 _KEY_LINE_RE = re.compile(r"(?P<key>[A-Za-z][A-Za-z0-9 _-]*?)\s*:(?P<value>.*)")
@@ -45,7 +53,12 @@ class Section:
     required: bool = False
 
     def find(self, normalized: str) -> Key | None:
-        return next((k for k in self.keys if _normalize(k.name) == normalized), None)
+        return _key_index(self).get(normalized)
+
+
+@functools.cache
+def _key_index(section: Section) -> dict[str, Key]:
+    return {_normalize(key.name): key for key in section.keys}
 
 
 CHANGES = Section("Changes")
@@ -77,6 +90,8 @@ SECTIONS: tuple[Section, ...] = (
         "Action", (Key("Type", ("action", "type")), Key("To-Revision", ("action", "to_revision")))
     ),
 )
+# Stands for the content of an unknown heading: warned about once, at the heading.
+_IGNORED = Section("(ignored)")
 _SECTION_BY_NAME = {_name.heading.lower(): _name for _name in SECTIONS}
 
 # Model-level rules span two keys; the error belongs on the line of this one.
@@ -186,8 +201,8 @@ def _walk(tokens: Sequence[Token], reading: _Reading) -> None:
             end = _closing(tokens, index)
             _list(section, tokens[index:end], reading)
             index = end
-        elif token.type in ("fence", "code_block", "html_block", "blockquote_open", "table_open"):
-            if section is not None:
+        elif token.type in ("fence", "html_block"):
+            if section is not None and section is not _IGNORED:
                 reading.warn(
                     line, "content.ignored", f"{token.type} in ### {section.heading} ignored"
                 )
@@ -224,7 +239,7 @@ def _heading(
         reading.section_lines.setdefault(known.heading, line)
         return known
     reading.warn(line, "section.unknown", f'Unknown heading "{text}" ignored, with its content')
-    return None
+    return _IGNORED
 
 
 def _list(section: Section | None, tokens: Sequence[Token], reading: _Reading) -> None:
@@ -240,7 +255,7 @@ def _list(section: Section | None, tokens: Sequence[Token], reading: _Reading) -
 
 
 def _content_line(section: Section | None, line: int, text: str, reading: _Reading) -> None:
-    if not text.strip():
+    if not text.strip() or section is _IGNORED:
         return
     if section is None:
         reading.warn(line, "content.ignored", f'Text outside a known section ignored: "{text}"')
@@ -367,9 +382,15 @@ def _closing(tokens: Sequence[Token], index: int) -> int:
 
 def _inline_lines(inline: Token, first_line: int) -> Iterator[tuple[int, str]]:
     """The source lines of an inline token, with markup such as ``**`` dropped."""
+    if _INLINE_MARKUP.search(inline.content) is None:
+        for offset, text in enumerate(inline.content.split("\n")):
+            yield first_line + offset, text
+        return
+    children: list[Token] = []
+    _MARKDOWN.inline.parse(inline.content, _MARKDOWN, {}, children)
     parts: list[str] = []
     line = first_line
-    for child in inline.children or ():
+    for child in children:
         if child.type in ("softbreak", "hardbreak"):
             yield line, "".join(parts)
             parts, line = [], line + 1
@@ -382,8 +403,12 @@ def _inline_text(inline: Token) -> str:
     return " ".join(text for _, text in _inline_lines(inline, 1)).strip()
 
 
+_SEPARATORS = re.compile(r"[\s_-]+")
+
+
+@functools.lru_cache(maxsize=1024)
 def _normalize(name: str) -> str:
-    return re.sub(r"[\s_-]+", "-", name.strip().lower())
+    return _SEPARATORS.sub("-", name.strip().lower())
 
 
 def render_trigger(trigger: Trigger) -> str:
