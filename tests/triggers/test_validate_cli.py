@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from monkeytown_deploy.cli import main
 from tests.triggers.test_parser import VALID
+from triggers import parse_trigger
 
 SHA = "abc123def4567890abc123def4567890abc12345"
 
@@ -96,3 +97,13 @@ def test_the_bundled_example_is_valid() -> None:
     """The example trigger shipped in the package passes validation."""
     example = Path(__file__).parents[2] / "monkeytown_deploy" / "examples"
     assert CliRunner().invoke(main, ["validate", str(example)]).exit_code == 0
+
+
+def test_the_example_in_the_format_documentation_is_valid() -> None:
+    """The complete example agents learn from in docs/triggers.md parses cleanly."""
+    docs = (Path(__file__).parents[2] / "docs" / "triggers.md").read_text()
+    example = docs.split("```markdown\n", 1)[1].split("```", 1)[0]
+    result = parse_trigger(example, "docs/triggers.md")
+
+    assert result.valid, result.error_lines()
+    assert result.warnings == ()
