@@ -20,6 +20,8 @@ import redis
 
 from monkeytown_deploy.redis_server import RedisServer
 
+pytest_plugins = ["pytester", "tests.kubesim_fixtures"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

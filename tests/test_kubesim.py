@@ -19,8 +19,6 @@ from kubernetes.client.exceptions import ApiException
 from kubesim import ApiServer, DeploymentController, SimApp, api_client
 from kubesim.selectors import labels_match, parse_label_selector
 
-pytest_plugins = ["tests.kubesim_fixtures"]
-
 NAMESPACE = "production"
 APPLY = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"

@@ -13,8 +13,6 @@ from monkeytown_deploy.keys import key
 from monkeytown_deploy.redis_server import RedisServer, resolve_redis, stop_embedded
 from triggers import Environment, is_trigger_id, trigger_id
 
-pytest_plugins = ["pytester"]
-
 
 def test_trigger_id_depends_on_path_and_blob_and_is_stable_across_processes() -> None:
     """The same path and blob give the same id in another interpreter; any change differs."""
