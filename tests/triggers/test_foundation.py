@@ -73,7 +73,8 @@ def test_the_leak_check_fails_a_test_that_leaves_a_process_running(
     pytester: pytest.Pytester,
 ) -> None:
     """A test that starts a child process and never reaps it is reported as a failure."""
-    pytester.makeconftest(Path(__file__).parents[1].joinpath("conftest.py").read_text())
+    conftest = Path(__file__).parents[1].joinpath("conftest.py").read_text()
+    pytester.makeconftest(conftest.replace('"tests.kubesim_fixtures"', ""))
     pytester.makepyfile(
         """
         import subprocess, sys
