@@ -207,7 +207,7 @@ class EnvironmentSettings(BaseModel):
     gate_timeout: float = Field(60.0, gt=0)
 
     _namespace = field_validator("namespace")(_dns_label)
-    _base_url = field_validator("base_url")(_http_url)
+    _urls = field_validator("base_url", "kube_api_url")(_http_url)
 
     @field_validator("image_template")
     @classmethod
