@@ -519,6 +519,7 @@ class FileFollower:
         try:
             self._handle = self.path.open("rb")
         except FileNotFoundError:
+            self.from_start = True  # whatever a file created from now on holds is new
             return False
         stat = os.fstat(self._handle.fileno())
         self._identity = (stat.st_dev, stat.st_ino)

@@ -28,6 +28,7 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _GOOD = {"ok", "passed", "pass", "succeeded", "success", "accepted", "ready", "deployed"}
 _BAD = {"failed", "fail", "rejected", "error", "rolled_back", "no_data", "timeout"}
 _WAITING = {"pending", "waiting", "superseded", "duplicate", "requested"}
+_LONGEST = 160
 _SHOWN_FIRST = ("ts", "event", "environment", "stage", "outcome", "seq", "prev", "hash")
 
 
@@ -99,6 +100,8 @@ def _fields(record: dict[str, Any]) -> Iterable[str]:
             shown = json.dumps(shown) if " " in shown else shown
         else:
             shown = json.dumps(value, separators=(",", ":"))
+        if len(shown) > _LONGEST:  # a rendered plan or a traceback: --json has it whole
+            shown = shown[: _LONGEST - 1] + "…"
         yield f"{click.style(name, dim=True)}={shown}"
 
 

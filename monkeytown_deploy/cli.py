@@ -23,6 +23,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "audit": "monkeytown_deploy.audit_cli:audit",
     "status": "monkeytown_deploy.ops:status",
     "rollback": "monkeytown_deploy.ops:rollback",
+    "up": "monkeytown_deploy.up:up",
 }
 
 
