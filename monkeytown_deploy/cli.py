@@ -24,6 +24,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "status": "monkeytown_deploy.ops:status",
     "rollback": "monkeytown_deploy.ops:rollback",
     "up": "monkeytown_deploy.up:up",
+    "watch": "watcher.cli:watch",
+    "worker": "workers.cli:worker",
 }
 
 

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from rq import Queue
 
-from triggers import TRIGGER_DIR
+from monkeytown_deploy.audit import AuditLog
+from monkeytown_deploy.keys import QUEUE
+from triggers import TRIGGER_DIR, Environment
+from watcher.daemon import Watcher, WatchOptions
+from watcher.decide import Policy
+from watcher.reconcile import Reconciler
 
 
 def trigger_text(
@@ -87,3 +97,66 @@ def queue_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+APPROVER = {"GIT_COMMITTER_NAME": "Grace Human", "GIT_COMMITTER_EMAIL": "grace@monkeytown.test"}
+
+
+def trust_dev_merge_prod(env: Environment) -> Policy:
+    """Development trusts the file; staging and production need a merge by Grace."""
+    if env is Environment.DEVELOPMENT:
+        return Policy("trust-file")
+    return Policy("merge", approvers=("grace@monkeytown.test",))
+
+
+@pytest.fixture
+def audit(tmp_path: Path, queue_client: redis.Redis) -> AuditLog:
+    return AuditLog(tmp_path / "audit.jsonl", actor="watcher@test", stream=queue_client)
+
+
+@pytest.fixture
+def reconciler(checkout: Checkout, queue_client: redis.Redis, audit: AuditLog) -> Reconciler:
+    return Reconciler(checkout.path, "main", queue_client, audit, trust_dev_merge_prod)
+
+
+def job_ids(client: redis.Redis) -> list[str]:
+    """Every job id ever put on the deployments queue that still exists."""
+    return sorted(Queue(QUEUE, connection=client).job_ids)
+
+
+def audit_events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll *predicate* until true; fail naming *what* after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def run_watcher(
+    checkout: Checkout, queue_client: redis.Redis, audit: AuditLog
+) -> Iterator[Callable[..., Watcher]]:
+    """Start in-process watchers on the checkout; each is stopped and joined afterwards."""
+    started: list[tuple[Watcher, threading.Thread]] = []
+
+    def start(**options: Any) -> Watcher:
+        settings = {"repo": checkout.path, "branch": "main", "lease_ttl": 2.0, **options}
+        watcher = Watcher(WatchOptions(**settings), queue_client, audit, trust_dev_merge_prod)
+        ready = threading.Event()
+        thread = threading.Thread(target=watcher.run, args=(ready.set,), name="watcher-loop")
+        thread.start()
+        started.append((watcher, thread))
+        assert ready.wait(10), "the watcher did not start within 10 s"
+        return watcher
+
+    yield start
+    for watcher, thread in started:
+        watcher.stop()
+        thread.join(10)

@@ -1,0 +1,129 @@
+"""File events (inotify through watchdog): the fast signal that something may have changed.
+
+Events are a hint, never the truth: the daemon reconciles against git whenever one
+arrives. Two places matter:
+
+- the branch refs in the git directory (``HEAD``, ``packed-refs``, ``refs/heads/**``):
+  a commit, merge, pull or fast-forward moves them, and that is the moment a trigger
+  becomes committed. Git writes a ref as ``<name>.lock`` and renames it into place, so a
+  move's destination counts, and the rest of ``.git`` (objects, index, logs) is noise;
+- the trigger folder in the work tree. A checkout can delete it, and with it the watch;
+  the repository root is watched too, and :meth:`ChangeSignal.refresh` re-creates the
+  folder watch whenever the folder (by inode) is not the one watched.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from watchdog.events import (
+    FileClosedNoWriteEvent,
+    FileOpenedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
+
+from triggers import TRIGGER_DIR
+from triggers.gitobjects import git
+
+log = structlog.get_logger("watcher")
+
+_TOP = Path(TRIGGER_DIR).parts[0]  # ".monkeytown": survives when the leaf folder is deleted
+_GIT_FILES = frozenset({"HEAD", "packed-refs"})
+
+
+class WatchLimitError(RuntimeError):
+    """The kernel refused another inotify watch or instance; the message names the limit."""
+
+
+class _Relevant(FileSystemEventHandler):
+    """Passes on events about refs and trigger files; drops the rest of ``.git``."""
+
+    def __init__(self, repo: Path, gitdir: Path, wake: Callable[[float], None]) -> None:
+        self.repo = str(repo)
+        self.gitdir = str(gitdir)
+        self.heads = os.path.join(self.gitdir, "refs", "heads")
+        self.top = os.path.join(self.repo, _TOP)
+        self.wake = wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileOpenedEvent | FileClosedNoWriteEvent):
+            return
+        paths = [os.fsdecode(event.src_path), os.fsdecode(event.dest_path or b"")]
+        if any(path and self._relevant(path) for path in paths):
+            self.wake(time.time())
+
+    def _relevant(self, path: str) -> bool:
+        if path.startswith(self.gitdir + os.sep):
+            if path.endswith(".lock"):
+                return False
+            return path.startswith(self.heads + os.sep) or os.path.basename(path) in _GIT_FILES
+        return path == self.top or path.startswith(self.top + os.sep)
+
+
+class ChangeSignal:
+    """An inotify observer on one checkout that calls *wake* with the event time."""
+
+    def __init__(self, repo: Path, wake: Callable[[float], None]) -> None:
+        self.repo = Path(repo).resolve()
+        self.gitdir = Path(git(self.repo, "rev-parse", "--absolute-git-dir").decode().strip())
+        self.handler = _Relevant(self.repo, self.gitdir, wake)
+        self.observer = Observer()
+        self._folder: tuple[ObservedWatch, int] | None = None
+
+    def start(self) -> ChangeSignal:
+        self._schedule(self.repo, recursive=False)
+        self._schedule(self.gitdir, recursive=False)
+        heads = self.gitdir / "refs" / "heads"
+        heads.mkdir(parents=True, exist_ok=True)
+        self._schedule(heads, recursive=True)
+        self.observer.start()
+        self.refresh()
+        return self
+
+    def refresh(self) -> None:
+        """Watch the trigger folder's top directory again if a checkout replaced it."""
+        top = self.repo / _TOP
+        try:
+            inode = top.stat().st_ino
+        except FileNotFoundError:
+            inode = None
+        if self._folder is not None and self._folder[1] == inode:
+            return
+        if self._folder is not None:
+            self.observer.unschedule(self._folder[0])
+            self._folder = None
+        if inode is not None:
+            self._folder = (self._schedule(top, recursive=True), inode)
+
+    def stop(self) -> None:
+        if self.observer.is_alive():
+            self.observer.stop()
+            self.observer.join()
+
+    def _schedule(self, path: Path, *, recursive: bool) -> ObservedWatch:
+        try:
+            return self.observer.schedule(self.handler, str(path), recursive=recursive)
+        except OSError as exc:
+            raise WatchLimitError(_limit_message(exc, path)) from exc
+
+
+def _limit_message(exc: OSError, path: Path) -> str:
+    if exc.errno == errno.ENOSPC:
+        return (
+            f"cannot watch {path}: the inotify watch limit fs.inotify.max_user_watches is "
+            "exhausted; raise it (sysctl fs.inotify.max_user_watches=524288)"
+        )
+    if exc.errno == errno.EMFILE:
+        return (
+            f"cannot watch {path}: the inotify instance limit fs.inotify.max_user_instances "
+            "is exhausted; raise it (sysctl fs.inotify.max_user_instances=1024)"
+        )
+    return f"cannot watch {path}: {exc.strerror}"
