@@ -1,0 +1,83 @@
+"""``monkeytown-deploy worker``: an RQ worker on the "deployments" queue.
+
+It is plain RQ underneath (``rq worker deployments`` runs the same jobs); this command adds
+what the daemon needs around it: the configuration file passed on to every work-horse,
+the embedded Redis when none is configured, Prometheus multiprocess files under the state
+folder, and systemd's READY and WATCHDOG notifications.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import click
+
+from monkeytown_deploy.config import CONFIG_ENV, ConfigError, load_settings
+
+
+@click.command()
+@click.option("--burst", is_flag=True, help="Run the queued jobs, then exit.")
+@click.option("--name", help="Worker name shown by `rq info` (default: RQ's own).")
+@click.option("--dry-run", is_flag=True, help="Render and record plans; touch no cluster.")
+@click.pass_context
+def worker(ctx: click.Context, burst: bool, name: str | None, dry_run: bool) -> None:
+    """Run deployment jobs from the Redis queue "deployments"."""
+    config_path = (ctx.obj or {}).get("config_path")
+    if config_path is not None:
+        os.environ[CONFIG_ENV] = str(Path(config_path).resolve())  # work-horses read it too
+    if dry_run:
+        os.environ["MONKEYTOWN_DEPLOY_DRY_RUN"] = "true"
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    metrics_dir = settings.state_dir / "metrics"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    # Before anything imports prometheus_client: it picks its storage at import time.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    _work(settings.redis_url.get_secret_value() if settings.redis_url else None,
+          settings.state_dir, burst=burst, name=name)  # fmt: skip
+
+
+def _work(redis_url: str | None, state_dir: Path, *, burst: bool, name: str | None) -> None:
+    import redis
+    from rq import Queue, Worker
+
+    from monkeytown_deploy import sdnotify
+    from monkeytown_deploy.keys import QUEUE
+    from monkeytown_deploy.redis_server import resolve_redis, stop_embedded
+
+    url, embedded = resolve_redis(redis_url, state_dir)
+    connection = redis.Redis.from_url(url)
+    stop_pinging = threading.Event()
+    pinger = _watchdog(stop_pinging)
+    try:
+        rq_worker = Worker([Queue(QUEUE, connection=connection)], connection=connection, name=name)
+        sdnotify.notify("READY=1", f"STATUS=waiting for jobs on {QUEUE}")
+        rq_worker.work(burst=burst, with_scheduler=False)
+    finally:
+        sdnotify.notify("STOPPING=1")
+        stop_pinging.set()
+        if pinger is not None:
+            pinger.join()
+        connection.close()
+        stop_embedded(embedded)
+
+
+def _watchdog(stop: threading.Event) -> threading.Thread | None:
+    """Ping systemd's watchdog while this process lives, when the unit asks for it."""
+    from monkeytown_deploy import sdnotify
+
+    interval = sdnotify.watchdog_interval()
+    if interval is None:
+        return None
+
+    def ping() -> None:
+        while not stop.wait(interval):
+            sdnotify.notify("WATCHDOG=1")
+
+    thread = threading.Thread(target=ping, name="sd-watchdog", daemon=True)
+    thread.start()
+    return thread
