@@ -23,6 +23,12 @@ def rollout_problem(deployment: Obj) -> str | None:
     """Why the rollout is not done yet (None when it is); raises when it cannot progress."""
     spec, status = deployment.get("spec", {}), deployment.get("status") or {}
     name = deployment["metadata"]["name"]
+    wanted = int(spec.get("replicas", 1))
+    generation = deployment["metadata"].get("generation", 0)
+    if status.get("observedGeneration", 0) < generation:
+        # Conditions still describe the previous generation (a rollback after a stuck
+        # rollout starts out with the old ProgressDeadlineExceeded): not ours to judge yet.
+        return f"generation {generation} not observed yet"
     for condition in status.get("conditions") or []:
         if (
             condition.get("type") == "Progressing"
@@ -33,10 +39,6 @@ def rollout_problem(deployment: Obj) -> str | None:
                 f"Deployment {name} cannot progress: {condition.get('message', '')} "
                 "(ProgressDeadlineExceeded); check its pods' events and image"
             )
-    wanted = int(spec.get("replicas", 1))
-    generation = deployment["metadata"].get("generation", 0)
-    if status.get("observedGeneration", 0) < generation:
-        return f"generation {generation} not observed yet"
     if status.get("updatedReplicas", 0) < wanted:
         return f"{status.get('updatedReplicas', 0)} of {wanted} replicas updated"
     if status.get("replicas", 0) > status.get("updatedReplicas", 0):
