@@ -241,3 +241,19 @@ def test_unmerged_sha_is_refused(
         run_trigger(request)
 
     assert sim.server.requests(writes=True) == []
+
+
+def test_job_timeout_bounds_the_whole_job(
+    deploy_repo: DeployRepo, sim: SimCluster, configure: Configure, tmp_path: Path
+) -> None:
+    """A job that outlives job_timeout stops where it is and rolls back its canary."""
+    configure(job_timeout=2, canary={"analysis_interval": 5.0})
+    old = deploy_repo.releases[0]
+    seed(deploy_repo, sim, PROD, old)
+
+    with pytest.raises(DeploymentFailed, match="job timeout of 2s"):
+        run_trigger(deploy_repo.trigger("production", deploy_repo.release("v2")))
+
+    assert live_image(sim, PROD) == image("web", old)
+    assert sim.deployment(PROD, "monkeytown-web-canary") is None
+    assert events(tmp_path / "audit.jsonl", "rollback.completed")[0]["outcome"] == "done"
