@@ -7,9 +7,11 @@ arrives. Two places matter:
   a commit, merge, pull or fast-forward moves them, and that is the moment a trigger
   becomes committed. Git writes a ref as ``<name>.lock`` and renames it into place, so a
   move's destination counts, and the rest of ``.git`` (objects, index, logs) is noise;
-- the trigger folder in the work tree. A checkout can delete it, and with it the watch;
-  the repository root is watched too, and :meth:`ChangeSignal.refresh` re-creates the
-  folder watch whenever the folder (by inode) is not the one watched.
+- the trigger folder in the work tree. A checkout can delete it, and with it the watch.
+  The root and each folder on the way down (``.monkeytown``, ``decisions``, the trigger
+  folder) get a non-recursive watch of their own, and :meth:`ChangeSignal.refresh`
+  re-creates any whose folder (by inode) is not the one watched. Non-recursive watches
+  also avoid watchdog's race when a recursive watch sees nested folders appear at once.
 """
 
 from __future__ import annotations
@@ -76,7 +78,9 @@ class ChangeSignal:
         self.gitdir = Path(git(self.repo, "rev-parse", "--absolute-git-dir").decode().strip())
         self.handler = _Relevant(self.repo, self.gitdir, wake)
         self.observer = Observer()
-        self._folder: tuple[ObservedWatch, int] | None = None
+        self.levels = [self.repo.joinpath(*Path(TRIGGER_DIR).parts[: depth + 1])
+                       for depth in range(len(Path(TRIGGER_DIR).parts))]  # fmt: skip
+        self._watched: dict[Path, tuple[ObservedWatch, int]] = {}
 
     def start(self) -> ChangeSignal:
         self._schedule(self.repo, recursive=False)
@@ -89,19 +93,25 @@ class ChangeSignal:
         return self
 
     def refresh(self) -> None:
-        """Watch the trigger folder's top directory again if a checkout replaced it."""
-        top = self.repo / _TOP
-        try:
-            inode = top.stat().st_ino
-        except FileNotFoundError:
-            inode = None
-        if self._folder is not None and self._folder[1] == inode:
-            return
-        if self._folder is not None:
-            self.observer.unschedule(self._folder[0])
-            self._folder = None
-        if inode is not None:
-            self._folder = (self._schedule(top, recursive=True), inode)
+        """Watch the trigger folder and its parents again where a checkout replaced them."""
+        for folder in self.levels:
+            try:
+                inode: int | None = folder.stat().st_ino
+            except FileNotFoundError:
+                inode = None
+            current = self._watched.get(folder)
+            if current is not None and current[1] == inode:
+                continue
+            if current is not None:
+                self.observer.unschedule(current[0])
+                del self._watched[folder]
+            if inode is not None:
+                self._watched[folder] = (self._schedule(folder, recursive=False), inode)
+
+    @property
+    def watched(self) -> list[Path]:
+        """The work-tree folders under a live watch right now (for tests and /ready)."""
+        return sorted(self._watched)
 
     def stop(self) -> None:
         if self.observer.is_alive():

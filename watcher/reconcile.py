@@ -24,9 +24,9 @@ from rq import Queue
 from rq.exceptions import DuplicateJobError
 
 from monkeytown_deploy.audit import AuditLog
-from monkeytown_deploy.keys import QUEUE
+from monkeytown_deploy.keys import QUEUE, key
 from triggers import TRIGGER_DIR, Environment, TriggerId, trigger_id
-from triggers.gitobjects import git, list_tree, read_blobs
+from triggers.gitobjects import git, is_ancestor, list_tree, read_blobs
 from triggers.ids import CommitSha
 from watcher.decide import Decision, Judge, Outcome, Policy, Snapshot, readable
 from watcher.metrics import WatcherMetrics
@@ -38,7 +38,10 @@ JOB_FUNCTION = "workers.jobs.run_trigger"
 log = structlog.get_logger("watcher")
 
 _THREADS = 4
-_PARALLEL_FROM = 16  # below this, thread start-up costs more than it saves
+_PARALLEL_FROM = 16
+# rev-list --N picks the newest N; a watcher away for longer than this many trigger
+# commits reads only those (and the tip), which a full pass at the tip then completes.
+_MAX_WALK = 1000  # below this, thread start-up costs more than it saves
 
 
 @dataclass
@@ -78,28 +81,67 @@ class Reconciler:
         return git(self.repo, "rev-parse", "--verify", f"{self.branch}^{{commit}}").decode().strip()
 
     def reconcile(self, reason: str = "timer", woke_at: float | None = None) -> PassReport:
-        """Bring the queue and the state up to date with the branch tip."""
+        """Bring the queue and the state up to date with the branch.
+
+        Every commit that changed the trigger folder since the last reconciled one is read,
+        oldest first, so a trigger that a later commit already changed or deleted still
+        counts: it was committed on the branch.
+        """
         started = time.perf_counter()
-        snapshot = self._snapshot()
-        entries = list_tree(self.repo, snapshot.commit, TRIGGER_DIR)
-        report = PassReport(snapshot.commit, seen=len(entries))
-        ids = [trigger_id(entry.path, entry.object) for entry in entries]
-        known = self.store.states(ids)
-        fresh = [entry for entry, identity in zip(entries, ids, strict=True) if not known[identity]]
-        report.new = len(fresh)
-        if fresh:
-            contents = read_blobs(self.repo, readable(fresh))
-            decisions = Judge(snapshot, self.policy_for).decide_all(fresh, contents)
-            self._act(decisions, snapshot, report, woke_at)
-        self.last_commit = snapshot.commit
+        tip = self.tip()
+        report = PassReport(tip)
+        for commit in self._unseen_commits(tip):
+            self._reconcile_at(self._snapshot(commit), report, woke_at)
+            if self.cancelled():
+                break
+            # Progress survives a crash mid-walk: the next run starts after this commit.
+            self.client.set(self._marker, commit)
+        else:
+            self.last_commit = tip
         report.seconds = time.perf_counter() - started
         self.metrics.reconcile.labels(reason).observe(report.seconds)
         return report
 
-    def _snapshot(self) -> Snapshot:
-        out = git(self.repo, "log", "-1", "--format=%H %ct", self.branch, "--").decode().split()
-        commit, committed_at = CommitSha(out[0]), float(out[1])
-        return Snapshot(self.repo, self.branch, commit, self._landed_at(commit, committed_at))
+    @property
+    def _marker(self) -> str:
+        return key("watcher", "commit", self.branch.replace(":", "_"))
+
+    def _unseen_commits(self, tip: str) -> list[str]:
+        """Commits to read, oldest first, ending with *tip*.
+
+        Only first-parent commits since the last reconciled one that touched the trigger
+        folder: each is a state the branch really had. After a force-push, or on the very
+        first run, only the tip is read.
+        """
+        marker = self.client.get(self._marker)
+        previous = marker.decode() if isinstance(marker, bytes) else None
+        if previous is None or previous == tip or not is_ancestor(self.repo, previous, tip):
+            return [tip]
+        out = git(
+            self.repo, "rev-list", "--first-parent", "--reverse", f"-{_MAX_WALK}",
+            f"{previous}..{tip}", "--", TRIGGER_DIR,
+        )  # fmt: skip
+        commits = out.decode().split()
+        if not commits or commits[-1] != tip:
+            commits.append(tip)
+        return commits
+
+    def _reconcile_at(self, snapshot: Snapshot, report: PassReport, woke_at: float | None) -> None:
+        entries = list_tree(self.repo, snapshot.commit, TRIGGER_DIR)
+        report.seen = len(entries)
+        ids = [trigger_id(entry.path, entry.object) for entry in entries]
+        known = self.store.states(ids)
+        fresh = [entry for entry, identity in zip(entries, ids, strict=True) if not known[identity]]
+        report.new += len(fresh)
+        if fresh:
+            contents = read_blobs(self.repo, readable(fresh))
+            decisions = Judge(snapshot, self.policy_for).decide_all(fresh, contents)
+            self._act(decisions, snapshot, report, woke_at)
+
+    def _snapshot(self, commit: str) -> Snapshot:
+        out = git(self.repo, "show", "-s", "--format=%H %ct", commit, "--").decode().split()
+        full, committed_at = CommitSha(out[0]), float(out[1])
+        return Snapshot(self.repo, self.branch, full, self._landed_at(full, committed_at))
 
     def _landed_at(self, commit: str, committed_at: float) -> float:
         """When the commit reached the branch: the loose ref's mtime, if it names *commit*.
