@@ -115,8 +115,9 @@ class Run:
         """Stop the job when its time is up or a lease was lost; called while waiting."""
         if time.monotonic() > self.deadline:
             raise PermanentError(
-                f"job timeout of {self.settings.job_timeout:.0f}s reached "
-                f"during {self.stage or 'start-up'}; raise job_timeout if deploys need longer"
+                f"job timeout of {self.settings.job_timeout:.0f}s reached during "
+                f"{self.stage or 'start-up'} (the last fifth is kept for rolling back); "
+                "raise job_timeout if deploys need longer"
             )
         self.leases.guard()
 

@@ -105,8 +105,17 @@ def _new_run(
         leases=Leases(client, owner, settings.lease_ttl, audit),
         notifier=Notifier(webhook, audit),
         job_id=job_id,
-        deadline=time.monotonic() + settings.job_timeout,
+        deadline=time.monotonic() + settings.job_timeout - _rollback_reserve(settings),
     )
+
+
+def _rollback_reserve(settings: Settings) -> float:
+    """How early a job stops itself, so its rollback ends before RQ's own timeout.
+
+    The watcher enqueues with RQ's timeout at ``job_timeout``; RQ kills a work-horse that
+    outlives it, and a killed job cannot roll back. A fifth of the time, at most 5 min.
+    """
+    return min(300.0, settings.job_timeout / 5)
 
 
 class TriggerJob:
@@ -336,7 +345,9 @@ class RollbackJob:
         finally:
             run.close()
         run.audit.record("job.succeeded", outcome="succeeded", duration_ms=_ms(started), **result)
-        run.notifier.send("succeeded", f"Rolled {self.environment} back: {result['revisions']}")
+        run.notifier.send(
+            "rollback", f"Rolled {self.environment} back: {result['revisions']}", **result
+        )
         return result
 
     def steps(self) -> dict[str, Any]:
@@ -409,7 +420,8 @@ def _remove_live_canary(run: Run) -> None:
 def newer_trigger(client: redis.Redis, request: TriggerRequest, own_job_id: str) -> str | None:
     """The id of a queued or running trigger job for the same target that is newer."""
     queue = Queue(QUEUE, connection=client)
-    ids = [*queue.get_job_ids(), *StartedJobRegistry(queue=queue).get_job_ids()]
+    running = StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)
+    ids = [*queue.get_job_ids(), *running]
     ids = [job_id for job_id in ids if job_id not in (own_job_id, request.trigger_id)]
     for job in Job.fetch_many(ids, connection=client):
         if job is None or job.func_name != TRIGGER_JOB or not job.args:

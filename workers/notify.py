@@ -12,7 +12,12 @@ from monkeytown_deploy.audit import AuditLog
 from workers.errors import TemporaryError
 from workers.http import post_json
 
-ICONS = {"started": ":rocket:", "succeeded": ":white_check_mark:", "failed": ":x:"}
+ICONS = {
+    "started": ":rocket:",
+    "succeeded": ":white_check_mark:",
+    "failed": ":x:",
+    "rollback": ":rewind:",
+}
 
 
 class Notifier:
