@@ -149,9 +149,11 @@ class Watcher:
         woke_at, self._woke_at = self._woke_at, None
         self._refresh_watches()
         try:
-            if not timer and self.reconciler.tip() == self.reconciler.last_commit:
+            tip = self.reconciler.tip()
+            if not timer and tip == self.reconciler.last_commit:
                 return True
-            self.last_report = self.reconciler.reconcile("timer" if timer else "event", woke_at)
+            reason = "timer" if timer else "event"
+            self.last_report = self.reconciler.reconcile(reason, woke_at, tip)
         except (GitError, redis.RedisError, AuditWriteError) as exc:
             self.metrics.reconcile_errors.inc()
             log.error("reconcile.failed", error=str(exc), retry_in=_RETRY_AFTER_ERROR)

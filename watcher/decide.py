@@ -13,8 +13,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from triggers import MAX_TRIGGER_BYTES, Environment, Trigger, TriggerId, parse_trigger, trigger_id
-from triggers.approval import check_approval, sha_reachable
-from triggers.gitobjects import TreeEntry
+from triggers.approval import check_approval
+from triggers.gitobjects import GitError, TreeEntry, is_ancestor, resolve_commit
 from triggers.ids import CommitSha
 from triggers.model import ApprovalStatus
 
@@ -70,6 +70,7 @@ class Judge:
 
     snapshot: Snapshot
     policy_for: Callable[[Environment], Policy]
+    resolved: dict[str, CommitSha] = field(default_factory=dict)
     _reachable: dict[str, CommitSha | None] = field(default_factory=dict)
 
     def decide_all(
@@ -128,9 +129,21 @@ class Judge:
 
     def _reachable_sha(self, sha: str) -> CommitSha | None:
         if sha not in self._reachable:
-            snapshot = self.snapshot
-            self._reachable[sha] = sha_reachable(snapshot.repo, sha, snapshot.commit)
+            full = self.resolved.get(sha) or _resolve(self.snapshot.repo, sha)
+            if full is not None:
+                self.resolved[sha] = full  # a SHA names the same commit forever
+            reachable = full is not None and is_ancestor(
+                self.snapshot.repo, full, self.snapshot.commit
+            )
+            self._reachable[sha] = full if reachable else None
         return self._reachable[sha]
+
+
+def _resolve(repo: Path, sha: str) -> CommitSha | None:
+    try:
+        return resolve_commit(repo, sha)
+    except GitError:
+        return None  # not (yet) fetched: not remembered, a later pass may find it
 
 
 def file_problem(entry: TreeEntry) -> tuple[str, str] | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from rq.exceptions import DuplicateJobError
 from monkeytown_deploy.audit import AuditLog
 from monkeytown_deploy.keys import QUEUE, key
 from triggers import TRIGGER_DIR, Environment, TriggerId, trigger_id
-from triggers.gitobjects import git, is_ancestor, list_tree, read_blobs
+from triggers.gitobjects import git, list_tree, read_blobs
 from triggers.ids import CommitSha
 from watcher.decide import Decision, Judge, Outcome, Policy, Snapshot, readable
 from watcher.metrics import WatcherMetrics
@@ -37,11 +36,10 @@ JOB_FUNCTION = "workers.jobs.run_trigger"
 
 log = structlog.get_logger("watcher")
 
-_THREADS = 4
-_PARALLEL_FROM = 16
-# rev-list --N picks the newest N; a watcher away for longer than this many trigger
-# commits reads only those (and the tip), which a full pass at the tip then completes.
-_MAX_WALK = 1000  # below this, thread start-up costs more than it saves
+# A watcher that was away for more trigger commits than this reads only the newest of
+# them (log -N keeps the newest N): a version that lived and died in an older commit is
+# not seen. The bound keeps one pass from running for minutes after a long outage.
+_MAX_WALK = 1000
 
 
 @dataclass
@@ -74,29 +72,34 @@ class Reconciler:
     def __post_init__(self) -> None:
         self.repo = Path(self.repo).resolve()
         self.store = TriggerStore(self.client)
+        self._resolved: dict[str, CommitSha] = {}
         self.queue = Queue(QUEUE, connection=self.client)
 
     def tip(self) -> str:
         """The commit at the tip of the tracked branch right now."""
         return git(self.repo, "rev-parse", "--verify", f"{self.branch}^{{commit}}").decode().strip()
 
-    def reconcile(self, reason: str = "timer", woke_at: float | None = None) -> PassReport:
+    def reconcile(
+        self, reason: str = "timer", woke_at: float | None = None, tip: str | None = None
+    ) -> PassReport:
         """Bring the queue and the state up to date with the branch.
 
         Every commit that changed the trigger folder since the last reconciled one is read,
         oldest first, so a trigger that a later commit already changed or deleted still
-        counts: it was committed on the branch.
+        counts: it was committed on the branch. A timer pass also re-reads the tip, which
+        repairs anything an earlier pass could not finish.
         """
         started = time.perf_counter()
-        tip = self.tip()
+        tip = tip or self.tip()
         report = PassReport(tip)
-        for commit in self._unseen_commits(tip):
-            self._reconcile_at(self._snapshot(commit), report, woke_at)
+        for snapshot in self._unseen(tip, full=reason != "event"):
+            self._reconcile_at(snapshot, report, woke_at)
             if self.cancelled():
                 break
             # Progress survives a crash mid-walk: the next run starts after this commit.
-            self.client.set(self._marker, commit)
+            self.client.set(self._marker, snapshot.commit)
         else:
+            self.client.set(self._marker, tip)
             self.last_commit = tip
         report.seconds = time.perf_counter() - started
         self.metrics.reconcile.labels(reason).observe(report.seconds)
@@ -106,25 +109,27 @@ class Reconciler:
     def _marker(self) -> str:
         return key("watcher", "commit", self.branch.replace(":", "_"))
 
-    def _unseen_commits(self, tip: str) -> list[str]:
-        """Commits to read, oldest first, ending with *tip*.
+    def _unseen(self, tip: str, *, full: bool) -> list[Snapshot]:
+        """Snapshots to read, oldest first.
 
-        Only first-parent commits since the last reconciled one that touched the trigger
-        folder: each is a state the branch really had. After a force-push, or on the very
-        first run, only the tip is read.
+        The first-parent commits since the last reconciled one that touched the trigger
+        folder: each is a state the branch really had. The last of them has the same
+        folder as the tip. On the first run, after a force-push that dropped the
+        reconciled commit, and on a *full* pass with nothing newer, the tip is read.
         """
         marker = self.client.get(self._marker)
         previous = marker.decode() if isinstance(marker, bytes) else None
-        if previous is None or previous == tip or not is_ancestor(self.repo, previous, tip):
-            return [tip]
-        out = git(
-            self.repo, "rev-list", "--first-parent", "--reverse", f"-{_MAX_WALK}",
-            f"{previous}..{tip}", "--", TRIGGER_DIR,
-        )  # fmt: skip
-        commits = out.decode().split()
-        if not commits or commits[-1] != tip:
-            commits.append(tip)
-        return commits
+        walked: list[Snapshot] = []
+        if previous is not None and previous != tip:
+            out = git(
+                self.repo, "log", "--first-parent", "--reverse", f"-{_MAX_WALK}",
+                "--format=%H %ct", f"{previous}..{tip}", "--", TRIGGER_DIR, check=False,
+            )  # fmt: skip
+            walked = [self._snapshot(*line.split()) for line in out.decode().splitlines()]
+        if walked or (previous == tip and not full):
+            return walked
+        out = git(self.repo, "log", "-1", "--format=%H %ct", tip, "--")
+        return [self._snapshot(*out.decode().split())]
 
     def _reconcile_at(self, snapshot: Snapshot, report: PassReport, woke_at: float | None) -> None:
         entries = list_tree(self.repo, snapshot.commit, TRIGGER_DIR)
@@ -135,13 +140,13 @@ class Reconciler:
         report.new += len(fresh)
         if fresh:
             contents = read_blobs(self.repo, readable(fresh))
-            decisions = Judge(snapshot, self.policy_for).decide_all(fresh, contents)
+            judge = Judge(snapshot, self.policy_for, self._resolved)
+            decisions = judge.decide_all(fresh, contents)
             self._act(decisions, snapshot, report, woke_at)
 
-    def _snapshot(self, commit: str) -> Snapshot:
-        out = git(self.repo, "show", "-s", "--format=%H %ct", commit, "--").decode().split()
-        full, committed_at = CommitSha(out[0]), float(out[1])
-        return Snapshot(self.repo, self.branch, full, self._landed_at(full, committed_at))
+    def _snapshot(self, commit: str, committed_at: str) -> Snapshot:
+        full = CommitSha(commit)
+        return Snapshot(self.repo, self.branch, full, self._landed_at(full, float(committed_at)))
 
     def _landed_at(self, commit: str, committed_at: float) -> float:
         """When the commit reached the branch: the loose ref's mtime, if it names *commit*.
@@ -164,28 +169,20 @@ class Reconciler:
         report: PassReport,
         woke_at: float | None,
     ) -> None:
-        """Audit, enqueue and record each decision; a large batch runs on a few threads.
+        """Audit and enqueue each decision, then record the states of all in one round trip.
 
-        Each trigger costs two Redis round trips to enqueue and an audit append; threads
-        overlap those waits, which roughly doubles throughput on a commit of thousands.
+        Per trigger this is two audit appends and RQ's unique enqueue (two round trips);
+        threads were tried and gained nothing: the cost is Python, not waiting.
         """
-
-        def act(decision: Decision) -> Decision | None:
+        done: list[Decision] = []
+        for decision in decisions:
             if self.cancelled():
-                return None  # stopping: the rest waits for the next pass
+                break  # stopping: the rest waits for the next pass
             self._announce(decision)
             if decision.outcome is Outcome.ACCEPTED:
                 self._enqueue(decision, snapshot, report, woke_at)
-            return decision
-
-        if len(decisions) < _PARALLEL_FROM:
-            results = [act(decision) for decision in decisions]
-        else:
-            with ThreadPoolExecutor(_THREADS, thread_name_prefix="watcher-enqueue") as pool:
-                results = list(pool.map(act, decisions))
-        done = [decision for decision in results if decision is not None]
-        for decision in done:
             report.counts[decision.outcome] = report.counts.get(decision.outcome, 0) + 1
+            done.append(decision)
         self.store.record(done, snapshot.commit)
 
     def _announce(self, decision: Decision) -> None:
