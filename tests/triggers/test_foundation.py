@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import redis
 
+from monkeytown_deploy.connection import connect
 from monkeytown_deploy.keys import key
 from monkeytown_deploy.redis_server import RedisServer, resolve_redis, stop_embedded
 from triggers import Environment, is_trigger_id, trigger_id
@@ -86,3 +89,21 @@ def test_the_leak_check_fails_a_test_that_leaves_a_process_running(
 
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*leaked threads [[]]*child processes*"])
+
+
+def test_resilient_connection_waits_for_a_restarting_server(tmp_path: Path) -> None:
+    """A command sent while Redis is down completes once the server is back on its port."""
+    server = RedisServer(tmp_path / "data", appendfsync="always").start()
+    client = connect(server.url)
+    client.set("deploys", 1)
+    server.kill()
+    restarted = threading.Timer(1.5, server.start)
+    restarted.start()
+    try:
+        started = time.monotonic()
+        assert client.incr("deploys") == 2
+        assert time.monotonic() - started >= 1.0
+    finally:
+        restarted.join()
+        client.close()
+        server.stop()
