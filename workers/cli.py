@@ -8,13 +8,19 @@ folder, and systemd's READY and WATCHDOG notifications.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
 from monkeytown_deploy.config import CONFIG_ENV, ConfigError, load_settings
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @click.command()
@@ -43,7 +49,6 @@ def worker(ctx: click.Context, burst: bool, name: str | None, dry_run: bool) -> 
 
 def _work(redis_url: str | None, state_dir: Path, *, burst: bool, name: str | None) -> None:
     import redis
-    from rq import Queue, Worker
 
     from monkeytown_deploy import sdnotify
     from monkeytown_deploy.keys import QUEUE
@@ -54,9 +59,8 @@ def _work(redis_url: str | None, state_dir: Path, *, burst: bool, name: str | No
     stop_pinging = threading.Event()
     pinger = _watchdog(stop_pinging)
     try:
-        rq_worker = Worker([Queue(QUEUE, connection=connection)], connection=connection, name=name)
         sdnotify.notify("READY=1", f"STATUS=waiting for jobs on {QUEUE}")
-        rq_worker.work(burst=burst, with_scheduler=False)
+        _work_through_outages(connection, burst=burst, name=name)
     finally:
         sdnotify.notify("STOPPING=1")
         stop_pinging.set()
@@ -64,6 +68,48 @@ def _work(redis_url: str | None, state_dir: Path, *, burst: bool, name: str | No
             pinger.join()
         connection.close()
         stop_embedded(embedded)
+
+
+def _work_through_outages(connection: Any, *, burst: bool, name: str | None) -> None:
+    """Run RQ's worker loop; when Redis goes away, wait for it and start the loop again.
+
+    RQ's own loop quits on a lost connection; a deploy daemon should outlive a Redis
+    restart instead of needing a supervisor to bring it back. A burst run just fails.
+    """
+    import redis
+    from rq import Queue, Worker
+
+    from monkeytown_deploy.keys import QUEUE
+
+    stop = threading.Event()
+    delay, attempt = 1.0, 0
+    while True:
+        # A name is registered in Redis until its key expires; a restarted loop takes a new one.
+        worker_name = f"{name}-{attempt}" if name and attempt else name
+        rq_worker = Worker([Queue(QUEUE, connection=connection)], connection=connection,
+                           name=worker_name)  # fmt: skip
+        try:
+            rq_worker.work(burst=burst, with_scheduler=False)
+            return
+        except redis.ConnectionError as exc:
+            if burst:
+                raise click.ClickException(f"lost Redis during a burst run: {exc}") from exc
+            click.echo(f"worker: Redis unreachable ({exc}); retrying in {delay:.0f}s", err=True)
+        with _stop_on_signals(stop):
+            if stop.wait(delay):
+                return
+        delay, attempt = min(delay * 2, 30.0), attempt + 1
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Between RQ loops nobody handles SIGTERM/SIGINT; make them end the wait cleanly."""
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _watchdog(stop: threading.Event) -> threading.Thread | None:

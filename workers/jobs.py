@@ -14,6 +14,7 @@ in the failing stage, records why, notifies once, and fails the RQ job with the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -286,7 +287,8 @@ class TriggerJob:
 
     def _fail(self, exc: Exception, started: float) -> None:
         run, reason = self.run, _reason(exc)
-        run.progress.update(failure_reason=reason)
+        with contextlib.suppress(redis.RedisError):  # Redis being down must not stop the undo
+            run.progress.update(failure_reason=reason)
         actions = self._roll_back(exc, reason)
         _trigger_state(run, self.request, "failed", reason)
         outcome = "rolled_back" if actions else "failed"
@@ -449,10 +451,12 @@ def _trigger_at(request: TriggerRequest, tip: str) -> tuple[Any, str]:
 
 
 def _trigger_state(run: Run, request: TriggerRequest, state: str, reason: str) -> None:
-    run.client.hset(
-        key("trigger", request.trigger_id),
-        mapping={"state": state, "reason": reason, "updated_at": str(time.time())},
-    )
+    """The trigger's final state for ``status``; the audit log has it even if Redis has not."""
+    with contextlib.suppress(redis.RedisError):
+        run.client.hset(
+            key("trigger", request.trigger_id),
+            mapping={"state": state, "reason": reason, "updated_at": str(time.time())},
+        )
 
 
 def _images(live: dict[str, Any] | None) -> dict[str, str] | None:

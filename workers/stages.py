@@ -7,7 +7,10 @@ or promotes the same thing twice.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
+
+import redis
 
 from monkeytown_deploy.metrics import ANALYSIS_VERDICTS, CANARY_WEIGHT
 from triggers import Environment
@@ -264,11 +267,12 @@ def remove_canary(run: Run) -> list[str]:
     refs = run.progress.changes.get("production:canary", {}).get("objects") or []
     _write_weight(cluster, env.namespace, env.canary.ingress, 0)
     CANARY_WEIGHT.labels(production.value).set(0)
-    run.progress.update(canary_weight=0)
     removed = []
     for ref in refs:
         if cluster.delete(kind_of(ref), env.namespace, ref["name"]):
             removed.append(f"{ref['kind']}/{ref['name']}")
+    with contextlib.suppress(redis.RedisError):  # job meta only; the cluster is what counts
+        run.progress.update(canary_weight=0)
     return removed
 
 

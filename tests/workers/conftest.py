@@ -226,7 +226,7 @@ def configure(
             **overrides.pop("canary", {}),
         }
         lines = [
-            f'redis_url = "{redis_url}"',
+            f'redis_url = "{overrides.pop("redis_url", redis_url)}"',
             f'state_dir = "{tmp_path / "state"}"',
             f'audit_log = "{tmp_path / "audit.jsonl"}"',
             f'notify_webhook = "{webhook.url}"',

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
+from rq import Queue, Worker
 from rq.job import Job, JobStatus
 
+from monkeytown_deploy.keys import QUEUE
+from monkeytown_deploy.redis_server import RedisServer
 from triggers import Environment
 
 from .conftest import ROOT, Configure, DeployRepo, SimCluster, events, image, live_image
@@ -46,3 +53,48 @@ def test_watcher_enqueues_and_worker_command_deploys(
     assert events(audit, "trigger.enqueued", trigger_id=request["trigger_id"])
     assert events(audit, "job.succeeded", trigger_id=request["trigger_id"])
     assert (tmp_path / "state" / "metrics").is_dir()  # PROMETHEUS_MULTIPROC_DIR
+
+
+@pytest.mark.slow
+def test_worker_command_outlives_a_redis_restart(
+    deploy_repo: DeployRepo, sim: SimCluster, configure: Configure, tmp_path: Path
+) -> None:
+    """`monkeytown-deploy worker` waits out a Redis restart and then runs the next job."""
+    server = RedisServer(tmp_path / "redis").start()
+    worker = None
+    try:
+        config = configure(redis_url=server.url)
+        worker = subprocess.Popen(
+            [BIN / "monkeytown-deploy", "--config", str(config), "worker"], cwd=ROOT,
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(server.url)
+        _wait(lambda: Worker.count(connection=client) == 1, "the worker to register")
+        server.kill()
+        time.sleep(1.0)
+        server.start()
+        request = deploy_repo.trigger("development", deploy_repo.release("v2"))
+        Queue(QUEUE, connection=client).enqueue(
+            "workers.jobs.run_trigger", request, job_id=request["trigger_id"]
+        )
+
+        _wait(lambda: Job.fetch(request["trigger_id"], connection=client).is_finished, "the job")
+        assert live_image(sim, Environment.DEVELOPMENT) == image("web", request["sha"])
+        client.close()
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+        server.stop()
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except redis.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
