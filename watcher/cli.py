@@ -30,9 +30,8 @@ EXIT_UNUSABLE = 2
 @click.command()
 @click.option(
     "--repo",
-    required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="The git checkout to watch.",
+    help="The git checkout to watch (default: `repo` from the configuration).",
 )
 @click.option("--branch", help="Branch to follow (default: the checkout's current branch).")
 @click.option(
@@ -51,7 +50,7 @@ EXIT_UNUSABLE = 2
 def watch(
     ctx: click.Context,
     *,
-    repo: Path,
+    repo: Path | None,
     branch: str | None,
     redis_url: str | None,
     once: bool,
@@ -78,7 +77,9 @@ def watch(
         reconcile_interval=reconcile_interval,
         listen=listen,
     )
-    repo = repo.resolve()
+    if settings.repo is None:
+        raise click.UsageError("say which checkout to watch: --repo DIR or `repo` in the config")
+    repo = settings.repo.resolve()
     branch = _branch(repo, branch or settings.branch)
     secret = settings.redis_url.get_secret_value() if settings.redis_url else None
     try:
@@ -125,7 +126,7 @@ def policies(settings: Settings) -> Callable[[Environment], Policy]:
 def _settings(
     ctx: click.Context,
     *,
-    repo: Path,
+    repo: Path | None,
     branch: str | None,
     remote: str | None,
     fetch_interval: float | None,

@@ -152,24 +152,27 @@ def test_two_watcher_processes_one_killed_exactly_one_job_each(
     assert len(queue.job_ids) == len(expected) == 40
 
 
-def test_sigterm_stops_within_five_seconds_with_systemd_notifications(
-    checkout: Checkout, processes: Processes, tmp_path: Path
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_within_five_seconds_with_systemd_notifications(
+    checkout: Checkout, processes: Processes, tmp_path: Path, signum: signal.Signals
 ) -> None:
-    """Under NOTIFY_SOCKET the watcher says READY=1, and on SIGTERM STOPPING=1, then exits."""
+    """Under systemd the watcher sends READY=1 and WATCHDOG=1, and STOPPING=1 on the signal."""
     address = str(tmp_path / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(address)
         sock.settimeout(20)
-        watcher = processes.start(env={"NOTIFY_SOCKET": address})
-        assert b"READY=1" in sock.recv(4096)
+        env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}
+        watcher = processes.start(env=env)
+        messages = b""
+        while b"READY=1" not in messages or b"WATCHDOG=1" not in messages:
+            messages += sock.recv(4096) + b"\n"
         started = time.monotonic()
-        watcher.send_signal(signal.SIGTERM)
+        watcher.send_signal(signum)
         assert watcher.wait(5) == 0
         assert time.monotonic() - started < 5
-        messages = b""
         sock.settimeout(1)
         while b"STOPPING=1" not in messages:
-            messages += sock.recv(4096)
+            messages += sock.recv(4096) + b"\n"
 
 
 def test_once_reconciles_and_exits_zero(
