@@ -297,6 +297,9 @@ class Settings(BaseSettings):
     lease_ttl: float = Field(
         30.0, ge=1.0, description="seconds an environment lease outlives a silent worker"
     )
+    api_retry_seconds: float = Field(
+        60.0, gt=0, description="how long a Kubernetes API call retries a temporary failure"
+    )
     environments: dict[Environment, EnvironmentSettings] = Field(
         default_factory=_default_environments
     )

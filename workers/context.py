@@ -103,7 +103,8 @@ class Run:
 
     def cluster(self, environment: Environment) -> Cluster:
         if environment not in self.clusters:
-            cluster = Cluster.connect(self.env(environment))
+            retry = self.settings.api_retry_seconds
+            cluster = Cluster.connect(self.env(environment), retry_seconds=retry)
             cluster.on_retry = lambda what, attempt: self._retried(environment, what, attempt)
             self.clusters[environment] = cluster
         return self.clusters[environment]

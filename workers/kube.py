@@ -18,7 +18,7 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay
 
 from monkeytown_deploy.config import EnvironmentSettings
 from workers.errors import PermanentError, TemporaryError
@@ -29,9 +29,8 @@ APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 
-ATTEMPTS = 6
-"""Tries per request; with the backoff below a request gives up after about 5 s."""
 REQUEST_TIMEOUT = 10.0
+LONGEST_BACKOFF = 5.0
 TEMPORARY_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 
 Obj = dict[str, Any]
@@ -118,8 +117,8 @@ def _retry_after(exc: ApiException) -> float | None:
 
 
 def _backoff(state: RetryCallState) -> float:
-    """Exponential from 0.1 s up to 2 s, or longer when the server asked for it."""
-    wait: float = min(2.0, 0.1 * 2.0 ** (state.attempt_number - 1))
+    """Exponential from 0.1 s up to 5 s, or longer when the server asked for it."""
+    wait: float = min(LONGEST_BACKOFF, 0.1 * 2.0 ** (state.attempt_number - 1))
     error = state.outcome.exception() if state.outcome else None
     if isinstance(error, TemporaryError) and error.delay:
         wait = max(wait, min(error.delay, 10.0))
@@ -130,21 +129,30 @@ class Cluster:
     """One environment's API server, reached with the kubernetes client."""
 
     def __init__(
-        self, api: k8s.ApiClient, *, on_retry: Callable[[str, int], None] | None = None
+        self,
+        api: k8s.ApiClient,
+        *,
+        retry_seconds: float = 60.0,
+        on_retry: Callable[[str, int], None] | None = None,
     ) -> None:
         self.api = api
+        self.retry_seconds = retry_seconds
         self.on_retry = on_retry
 
     @classmethod
-    def connect(cls, env: EnvironmentSettings) -> Cluster:
-        """The cluster *env* names: ``kube_api_url``, else its kubeconfig context."""
+    def connect(cls, env: EnvironmentSettings, *, retry_seconds: float = 60.0) -> Cluster:
+        """The cluster *env* names: ``kube_api_url``, else its kubeconfig context.
+
+        A temporary failure is retried for *retry_seconds* (``api_retry_seconds``), long
+        enough to ride out an API server restart.
+        """
         if env.kube_api_url:
             configuration = k8s.Configuration()
             configuration.host = env.kube_api_url.rstrip("/")
         else:
             configuration = _kubeconfig(env.kube_context)
         configuration.retries = False  # tenacity below is the only retry layer
-        return cls(k8s.ApiClient(configuration))
+        return cls(k8s.ApiClient(configuration), retry_seconds=retry_seconds)
 
     def close(self) -> None:
         self.api.close()  # type: ignore[no-untyped-call]
@@ -205,7 +213,7 @@ class Cluster:
         what = f"{method} {path}"
         retrying = Retrying(
             retry=retry_if_exception_type(TemporaryError),
-            stop=stop_after_attempt(ATTEMPTS),
+            stop=stop_after_delay(self.retry_seconds),
             wait=_backoff,
             before_sleep=self._report_retry(what),
             reraise=True,

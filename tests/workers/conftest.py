@@ -232,6 +232,7 @@ def configure(
             f'notify_webhook = "{webhook.url}"',
             f"job_timeout = {overrides.pop('job_timeout', 120)}",
             f"lease_ttl = {overrides.pop('lease_ttl', 3)}",
+            f"api_retry_seconds = {overrides.pop('api_retry_seconds', 10)}",
             f"dry_run = {'true' if overrides.pop('dry_run', False) else 'false'}",
         ]
         for env in Environment:

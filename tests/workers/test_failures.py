@@ -135,11 +135,27 @@ def test_transient_api_faults_are_retried(
     assert len(events(tmp_path / "audit.jsonl", "api.retry")) == 5
 
 
+def test_api_outage_shorter_than_the_retry_window_is_ridden_out(
+    deploy_repo: DeployRepo, sim: SimCluster, configure: Configure
+) -> None:
+    """Every apps and networking API call failing for 3 s only delays a deploy."""
+    configure(api_retry_seconds=10)
+    new = deploy_repo.release("v2")
+    sim.server.inject_fault(status=500, path="/apis/", seconds=3)
+    started = time.monotonic()
+
+    result = run_trigger(deploy_repo.trigger("development", new))
+
+    assert result["deployed"] == new
+    assert time.monotonic() - started >= 3
+    assert live_image(sim, Environment.DEVELOPMENT) == image("web", new)
+
+
 def test_persistent_api_fault_fails_and_rolls_back(
     deploy_repo: DeployRepo, sim: SimCluster, configure: Configure, tmp_path: Path
 ) -> None:
     """A fault that never clears exhausts the retries, fails the job and rolls the canary back."""
-    configure()
+    configure(api_retry_seconds=2)
     old = deploy_repo.releases[0]
     seed(deploy_repo, sim, PROD, old)
     new = deploy_repo.release("v2")
