@@ -135,7 +135,8 @@ def report(
             "children_max": max(v["children"] for _, v in rows),
         }
     return {
-        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, "
+        f"python {platform.python_version()}",
         "minutes": round(seconds / 60, 1),
         "triggers_pushed": pushed,
         "events": events,
