@@ -73,7 +73,9 @@ class Watcher:
         )  # fmt: skip
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self.reconciler.cancelled = self._stopping.is_set
+        self.reconciler.cancelled = self._checkpoint
+        self._ping_every = sdnotify.watchdog_interval()
+        self._next_lease = self._next_reconcile = self._next_fetch = self._next_ping = 0.0
         self._woke_at: float | None = None
         self._fetch_requested = False
         self.signal: ChangeSignal | None = None
@@ -114,34 +116,52 @@ class Watcher:
 
     def _loop(self) -> None:
         now = time.monotonic()
-        next_lease = next_reconcile = next_fetch = now
-        ping_every = sdnotify.watchdog_interval()
-        next_ping = now
+        self._next_lease = self._next_reconcile = self._next_fetch = self._next_ping = now
         while not self._stopping.is_set():
-            now = time.monotonic()
-            if now >= next_lease:
-                became_leader = self._hold_lease()
-                next_lease = now + self.options.lease_ttl / 3
-                if became_leader:
-                    next_reconcile = now
-            if self.leader and self.options.remote and (now >= next_fetch or self._fetch_requested):
-                self._fetch()
-                next_fetch = now + self.options.fetch_interval
-            if self.leader and (self._wake.is_set() or now >= next_reconcile):
-                timer = now >= next_reconcile
-                if not self._reconcile(timer):
-                    next_reconcile = time.monotonic() + _RETRY_AFTER_ERROR
-                elif timer:
-                    next_reconcile = time.monotonic() + self.options.reconcile_interval
-            if ping_every is not None and now >= next_ping:
-                sdnotify.notify("WATCHDOG=1")
-                next_ping = now + ping_every
-            deadlines = [next_lease, next_reconcile if self.leader else next_lease]
-            if self.options.remote and self.leader:
-                deadlines.append(next_fetch)
-            if ping_every is not None:
-                deadlines.append(next_ping)
-            self._wake.wait(max(0.0, min(deadlines) - time.monotonic()))
+            self._keep_alive()
+            if self.leader:
+                self._lead()
+            else:
+                self._wake.clear()  # a standby ignores events: the lease says when it acts
+            self._wake.wait(self._sleep_time())
+
+    def _keep_alive(self) -> None:
+        """Renew the lease and ping systemd's watchdog when due (also between triggers)."""
+        now = time.monotonic()
+        if now >= self._next_lease:
+            if self._hold_lease():
+                self._next_reconcile = now  # a new leader reconciles fully at once
+            self._next_lease = now + self.options.lease_ttl / 3
+        if self._ping_every is not None and now >= self._next_ping:
+            sdnotify.notify("WATCHDOG=1")
+            self._next_ping = now + self._ping_every
+
+    def _checkpoint(self) -> bool:
+        """Called between triggers of a long pass: True when the pass must stop now."""
+        self._keep_alive()
+        return self._stopping.is_set() or not self.leader
+
+    def _lead(self) -> None:
+        now = time.monotonic()
+        if self.options.remote and (now >= self._next_fetch or self._fetch_requested):
+            self._fetch()
+            self._next_fetch = now + self.options.fetch_interval
+        if self._wake.is_set() or now >= self._next_reconcile:
+            timer = now >= self._next_reconcile
+            if not self._reconcile(timer):
+                self._next_reconcile = time.monotonic() + _RETRY_AFTER_ERROR
+            elif timer:
+                self._next_reconcile = time.monotonic() + self.options.reconcile_interval
+
+    def _sleep_time(self) -> float:
+        deadlines = [self._next_lease]
+        if self.leader:
+            deadlines.append(self._next_reconcile)
+            if self.options.remote:
+                deadlines.append(self._next_fetch)
+        if self._ping_every is not None:
+            deadlines.append(self._next_ping)
+        return max(0.0, min(deadlines) - time.monotonic())
 
     def _reconcile(self, timer: bool) -> bool:
         """One pass if the tip moved (always when *timer*); False when it failed."""

@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 
@@ -80,12 +81,17 @@ def test_checkout_that_deletes_the_folder_keeps_the_watch(
 def test_standby_takes_over_when_the_leader_stops(
     checkout: Checkout, run_watcher: Callable[..., Watcher], queue_client: redis.Redis
 ) -> None:
-    """Of two watchers only one leads; when it goes, the other enqueues the next trigger."""
+    """Of two watchers only one leads, the other idles; when it goes, the other takes over."""
     first = run_watcher(reconcile_interval=QUIET)
     wait_for(lambda: first.leader, what="a leader")
     second = run_watcher(reconcile_interval=QUIET)
     time.sleep(0.3)
     assert not second.leader
+    checkout.write("draft.md", "wakes both watchers\n")
+    cpu = psutil.Process().cpu_times()
+    time.sleep(1.0)
+    spent = sum(psutil.Process().cpu_times()[:2]) - sum(cpu[:2])
+    assert spent < 0.3, f"idle watchers used {spent:.2f} s of CPU in 1 s: a loop spins"
     checkout.add_trigger("deploy-a.md")
     wait_for(lambda: len(job_ids(queue_client)) == 1, what="the first job")
 
