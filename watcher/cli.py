@@ -63,8 +63,9 @@ def watch(
     """Put every approved, committed trigger on the "deployments" queue exactly once.
 
     \b
-    Reads the tip of BRANCH in REPO (never the work tree), wakes on inotify events, on a
-    push webhook and every --reconcile-interval seconds. Several watchers may run: the
+    Reads what is committed on the branch of REPO (never the work tree): every commit
+    that changed the trigger folder, woken by inotify, by a push webhook, and every
+    --reconcile-interval seconds. Several watchers may run: the
     one holding the "watcher" lease enqueues, the others take over when it dies.
     """
     _configure_logging()

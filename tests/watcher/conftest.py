@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -160,3 +161,18 @@ def run_watcher(
     for watcher, thread in started:
         watcher.stop()
         thread.join(10)
+
+
+@pytest.fixture
+def signing_key(tmp_path: Path) -> tuple[Path, Path]:
+    """An SSH key pair and an allowed-signers file naming the approver's e-mail."""
+    if shutil.which("ssh-keygen") is None:
+        pytest.fail("ssh-keygen is required: apt-get install -y openssh-client")
+    key = tmp_path / "approver_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "grace", "-f", str(key)],
+        check=True,
+    )
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f"grace@monkeytown.test {key.with_suffix('.pub').read_text()}")
+    return key, allowed

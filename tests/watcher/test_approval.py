@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.watcher.conftest import Checkout, trigger_text
 from triggers import TRIGGER_DIR, parse_trigger
@@ -100,21 +97,6 @@ def test_sha_reachable_only_from_the_branch(checkout: Checkout) -> None:
     assert sha_reachable(checkout.path, checkout.base[:8], "main") == checkout.base
     assert sha_reachable(checkout.path, side, "main") is None
     assert sha_reachable(checkout.path, "deadbeef", "main") is None
-
-
-@pytest.fixture
-def signing_key(tmp_path: Path) -> tuple[Path, Path]:
-    """An SSH key pair and an allowed-signers file naming the approver's e-mail."""
-    if shutil.which("ssh-keygen") is None:
-        pytest.fail("ssh-keygen is required: apt-get install -y openssh-client")
-    key = tmp_path / "approver_key"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "grace", "-f", str(key)],
-        check=True,
-    )
-    allowed = tmp_path / "allowed_signers"
-    allowed.write_text(f"grace@monkeytown.test {key.with_suffix('.pub').read_text()}")
-    return key, allowed
 
 
 def test_signed_commit_is_accepted_and_unsigned_rejected(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import redis
 from rq.job import Job
 
 from monkeytown_deploy.audit import AuditLog
 from tests.watcher.conftest import APPROVER, Checkout, audit_events, job_ids, trigger_text
-from triggers import TRIGGER_DIR, trigger_id
+from triggers import TRIGGER_DIR, TriggerId, trigger_id
+from watcher.decide import Policy
 from watcher.reconcile import Reconciler
 from watcher.state import TriggerStore
 
@@ -18,7 +20,7 @@ def _blob(checkout: Checkout, name: str) -> str:
     return checkout.git("rev-parse", f"HEAD:{TRIGGER_DIR}/{name}")
 
 
-def _id(checkout: Checkout, name: str) -> str:
+def _id(checkout: Checkout, name: str) -> TriggerId:
     return trigger_id(f"{TRIGGER_DIR}/{name}", _blob(checkout, name))
 
 
@@ -44,7 +46,7 @@ def test_committed_trigger_becomes_one_job(
         "trigger_id": identity,
     }
     assert report.enqueued == [identity]
-    assert TriggerStore(queue_client).state(identity)["state"] == "accepted"  # type: ignore[arg-type]
+    assert TriggerStore(queue_client).state(identity)["state"] == "accepted"
     events = [record["event"] for record in audit_events(audit.path)]
     assert events == ["trigger.accepted", "trigger.enqueued"]
 
@@ -81,7 +83,7 @@ def test_pending_then_approving_commit_enqueues_once(
     pending = _id(checkout, "deploy-later.md")
     reconciler.reconcile()
     assert job_ids(queue_client) == []
-    assert TriggerStore(queue_client).state(pending)["state"] == "pending"  # type: ignore[arg-type]
+    assert TriggerStore(queue_client).state(pending)["state"] == "pending"
 
     checkout.add_trigger("deploy-later.md", status="approved")
     reconciler.reconcile()
@@ -132,7 +134,7 @@ def test_symlink_and_other_files_are_rejected_with_their_reason(
     store = TriggerStore(queue_client)
     rules = {}
     for name in ("deploy-link.md", "deploy-exec.md", "deploy-huge.md", "real.txt"):
-        state = store.state(_id(checkout, name))  # type: ignore[arg-type]
+        state = store.state(_id(checkout, name))
         assert state["state"] == "rejected"
         rules[name] = state["rule"]
     assert rules == {
@@ -151,7 +153,7 @@ def test_invalid_trigger_is_rejected_with_file_and_line(
     checkout.write("deploy-bad.md", trigger_text("bad", checkout.base, target="prod"))
     checkout.add_trigger("deploy-good.md")
     reconciler.reconcile()
-    state = TriggerStore(queue_client).state(_id(checkout, "deploy-bad.md"))  # type: ignore[arg-type]
+    state = TriggerStore(queue_client).state(_id(checkout, "deploy-bad.md"))
     assert state["state"] == "rejected"
     assert state["rule"] == "environment.target"
     assert f"{TRIGGER_DIR}/deploy-bad.md:" in state["reason"] and "prod" in state["reason"]
@@ -170,7 +172,7 @@ def test_unmerged_sha_is_rejected(
     checkout.write("deploy-unmerged.md", trigger_text("unmerged", side))
     checkout.commit("trigger for unmerged code")
     reconciler.reconcile()
-    state = TriggerStore(queue_client).state(_id(checkout, "deploy-unmerged.md"))  # type: ignore[arg-type]
+    state = TriggerStore(queue_client).state(_id(checkout, "deploy-unmerged.md"))
     assert state["rule"] == "deployment.sha_unreachable"
     assert job_ids(queue_client) == []
 
@@ -193,7 +195,7 @@ def test_forged_production_approval_rejected_and_merged_one_accepted(
     """Under merge, an agent's own approved commit is rejected; an approver's merge is not."""
     checkout.add_trigger("deploy-forged.md", target="production")
     reconciler.reconcile()
-    forged = TriggerStore(queue_client).state(_id(checkout, "deploy-forged.md"))  # type: ignore[arg-type]
+    forged = TriggerStore(queue_client).state(_id(checkout, "deploy-forged.md"))
     assert forged["state"] == "rejected" and forged["rule"] == "approval.merge"
 
     checkout.git("checkout", "-q", "-b", "agent")
@@ -217,3 +219,30 @@ def test_crash_between_enqueue_and_state_does_not_enqueue_twice(
     ).reconcile()
     assert report.duplicates == [identity] and report.enqueued == []
     assert job_ids(queue_client) == [identity]
+
+
+def test_signature_policy_through_the_reconciler(
+    checkout: Checkout,
+    queue_client: redis.Redis,
+    audit: AuditLog,
+    signing_key: tuple[Path, Path],
+) -> None:
+    """Under signature, an unsigned production trigger is rejected and an SSH-signed one queued."""
+    key, allowed = signing_key
+    reconciler = Reconciler(
+        checkout.path, "main", queue_client, audit,
+        lambda env: Policy("signature", allowed_signers=allowed),
+    )  # fmt: skip
+    checkout.add_trigger("deploy-unsigned.md", target="production")
+    reconciler.reconcile()
+    unsigned = TriggerStore(queue_client).state(_id(checkout, "deploy-unsigned.md"))
+    assert unsigned["state"] == "rejected" and unsigned["rule"] == "approval.signature"
+
+    checkout.git("config", "gpg.format", "ssh")
+    checkout.git("config", "user.signingkey", str(key))
+    checkout.git("config", "user.email", "grace@monkeytown.test")
+    checkout.write("deploy-signed.md", trigger_text("signed", checkout.base, target="production"))
+    checkout.git("add", "-A")
+    checkout.git("commit", "-q", "-S", "-m", "signed trigger")
+    reconciler.reconcile()
+    assert job_ids(queue_client) == [_id(checkout, "deploy-signed.md")]
