@@ -14,7 +14,7 @@ import redis
 
 from monkeytown_deploy.metrics import ANALYSIS_VERDICTS, CANARY_WEIGHT
 from triggers import Environment
-from workers.analysis import Judge, StepResult, providers_for
+from workers.analysis import Judge, StepResult, Verdict, providers_for
 from workers.context import Run
 from workers.errors import PermanentError
 from workers.gates import GATES, check_gate
@@ -220,7 +220,11 @@ def analyse(run: Run, weight: int) -> StepResult:
         )  # fmt: skip
         failures += judge.counts_as_failure(sample)
         if failures > canary.failure_limit:
-            result = StepResult(False, result.samples, "; ".join(sample.reasons))
+            verdict = sample.verdict.value.replace("_", " ")  # "fail" or "no data"
+            reason = f"{verdict}: {'; '.join(sample.reasons)}"
+            if sample.verdict is Verdict.NO_DATA:
+                reason += " (no data fails closed in production)"
+            result = StepResult(False, result.samples, reason)
             break
     run.audit.record(
         "analysis.verdict", environment=production.value, weight=weight,
