@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 from rq import Queue
@@ -196,3 +197,34 @@ def test_once_fails_clearly_when_redis_or_git_is_unusable(
 
     result = processes.run("--once", "--branch", "no-such-branch")
     assert result.returncode == 2 and "git is unusable" in result.stderr
+
+
+@pytest.mark.slow
+def test_descriptors_and_children_stay_flat(
+    checkout: Checkout, processes: Processes, queue_client: redis.Redis
+) -> None:
+    """After 60 commits and 500 triggers the watcher holds no more descriptors or children."""
+    watcher = processes.start()
+    wait_for(lambda: queue_client.exists(MARKER) == 1, what="the watcher's first pass")
+    process = psutil.Process(watcher.pid)
+    before = _at_rest(process)
+    for number in range(60):
+        checkout.add_trigger(f"deploy-{number:03}.md")
+    for number in range(60, 500):
+        checkout.write(f"deploy-{number:03}.md", trigger_text(f"bulk {number}", checkout.base))
+    checkout.commit("many triggers")
+    wait_for(lambda: len(job_ids(queue_client)) == 500, timeout=60, what="500 jobs")
+    after = _at_rest(process)
+    assert after == before and after[1] == 0, f"descriptors, children: {before} -> {after}"
+
+
+def _at_rest(process: psutil.Process) -> tuple[int, int]:
+    """Descriptors and children between passes: the fewest seen over a second.
+
+    The test runs a pass every half second, and a git subprocess in flight holds pipes.
+    """
+    samples = []
+    for _ in range(20):
+        samples.append((process.num_fds(), len(process.children(recursive=True))))
+        time.sleep(0.05)
+    return min(samples)
