@@ -48,14 +48,14 @@ def worker(ctx: click.Context, burst: bool, name: str | None, dry_run: bool) -> 
 
 
 def _work(redis_url: str | None, state_dir: Path, *, burst: bool, name: str | None) -> None:
-    import redis
 
     from monkeytown_deploy import sdnotify
+    from monkeytown_deploy.connection import connect
     from monkeytown_deploy.keys import QUEUE
     from monkeytown_deploy.redis_server import resolve_redis, stop_embedded
 
     url, embedded = resolve_redis(redis_url, state_dir)
-    connection = redis.Redis.from_url(url)
+    connection = connect(url)
     stop_pinging = threading.Event()
     pinger = _watchdog(stop_pinging)
     try:

@@ -27,6 +27,7 @@ from rq.registry import StartedJobRegistry
 
 from monkeytown_deploy.audit import AuditLog
 from monkeytown_deploy.config import Settings, load_settings
+from monkeytown_deploy.connection import connect
 from monkeytown_deploy.keys import QUEUE, key
 from monkeytown_deploy.metrics import DEPLOYMENTS
 from triggers import Environment, parse_trigger
@@ -41,7 +42,14 @@ from workers.progress import Progress
 from workers.render import image_for, render_overlays
 from workers.revisions import choose_replica_set, owned_replica_sets, undo
 from workers.rollout import wait_for_rollout
-from workers.stages import canary_stage, gate, plain_stage, remove_canary, roll_back_stage
+from workers.stages import (
+    already_running,
+    canary_stage,
+    gate,
+    plain_stage,
+    remove_canary,
+    roll_back_stage,
+)
 
 TRIGGER_JOB = "workers.jobs.run_trigger"
 
@@ -90,7 +98,7 @@ def _redis(job: Job | None, settings: Settings) -> redis.Redis:
         return job.connection
     if settings.redis_url is None:
         raise PermanentError("no Redis: run under an RQ worker or set redis_url")
-    return redis.Redis.from_url(settings.redis_url.get_secret_value())
+    return connect(settings.redis_url.get_secret_value())
 
 
 def _new_run(
@@ -252,6 +260,13 @@ class TriggerJob:
         revision = 0
         for environment in stages:
             if run.progress.done(f"{environment}:done"):
+                continue
+            untouched = not any(c.startswith(f"{environment}:") for c in run.progress.checkpoints)
+            if untouched and already_running(run, environment):
+                run.audit.record(
+                    "stage.skipped", stage=environment.value, environment=environment.value,
+                    outcome="skipped", reason=f"{environment} already runs {request.sha[:12]}",
+                )  # fmt: skip
                 continue
             with run.in_stage(environment):
                 if environment is Environment.PRODUCTION:

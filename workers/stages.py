@@ -20,7 +20,7 @@ from workers.context import Run
 from workers.errors import PermanentError
 from workers.gates import GATES, check_gate
 from workers.kube import DEPLOYMENT, INGRESS, Cluster, container_images, describe, kind_of
-from workers.render import with_images
+from workers.render import image_for, with_images
 from workers.revisions import snapshot, undo
 from workers.rollout import wait_for_rollout
 
@@ -42,6 +42,39 @@ def is_canary_object(run: Run, obj: Obj) -> bool:
     name = _name(obj)
     return name.endswith(canary.deployment_suffix) or (
         obj.get("kind") == "Ingress" and name == canary.ingress
+    )
+
+
+def already_running(run: Run, environment: Environment) -> bool:
+    """True when *environment* already runs this job's SHA and nothing is left in flight.
+
+    Every stable component must run the SHA's image, fully rolled out, and in production no
+    canary may remain. Redis can forget a trigger (a restart without its data) while the
+    cluster remembers: this is what keeps a re-enqueued trigger from deploying again.
+    """
+    cluster, env = run.cluster(environment), run.env(environment)
+    for component in env.components:
+        live = cluster.get(DEPLOYMENT, env.namespace, component.deployment)
+        if live is None or not _rolled_out(live):
+            return False
+        if container_images(live).get(component.container) != image_for(env, component, run.sha):
+            return False
+    if environment is Environment.PRODUCTION:
+        canary = env.canary
+        for name in {c.deployment + canary.deployment_suffix for c in env.components}:
+            if cluster.get(DEPLOYMENT, env.namespace, name) is not None:
+                return False
+    return True
+
+
+def _rolled_out(deployment: Obj) -> bool:
+    status, spec = deployment.get("status") or {}, deployment.get("spec") or {}
+    wanted = spec.get("replicas", 1)
+    generation = deployment.get("metadata", {}).get("generation", 0)
+    return bool(
+        status.get("observedGeneration", 0) >= generation
+        and status.get("updatedReplicas", 0) >= wanted
+        and status.get("availableReplicas", 0) >= wanted
     )
 
 
