@@ -78,6 +78,7 @@ class Watcher:
         self._next_lease = self._next_reconcile = self._next_fetch = self._next_ping = 0.0
         self._woke_at: float | None = None
         self._fetch_requested = False
+        self._fetch_error: tuple[float, str] | None = None  # since when, and why
         self.signal: ChangeSignal | None = None
         self.http: HttpServer | None = None
         self.leader = False
@@ -203,7 +204,12 @@ class Watcher:
         except FetchError as exc:
             self.metrics.fetches.labels("failed").inc()
             log.error("fetch.failed", error=str(exc))
+            if self._fetch_error is None:
+                self._fetch_error = (time.time(), str(exc))
             return
+        if self._fetch_error is not None:
+            log.info("fetch.recovered", failing_for_s=round(time.time() - self._fetch_error[0], 1))
+            self._fetch_error = None
         self.metrics.fetches.labels("moved" if moved else "current").inc()
         if moved:
             self.wake()
@@ -250,7 +256,11 @@ class Watcher:
         )
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready when git answers for the branch and Redis answers a ping."""
+        """Ready when git answers for the branch, the remote (if any) fetches, Redis pings.
+
+        While the remote is unreachable the watcher keeps serving the commits it has, but
+        it is not ready: what it serves may be behind what agents have pushed.
+        """
         detail: dict[str, Any] = {"branch": self.options.branch}
         try:
             detail["commit"] = self.reconciler.tip()
@@ -264,5 +274,11 @@ class Watcher:
         except redis.RedisError as exc:
             detail["redis_error"] = str(exc)
             redis_ok = False
+        remote_ok = self._fetch_error is None
+        if self._fetch_error is not None:
+            since, error = self._fetch_error
+            detail["remote_error"] = error
+            detail["remote_failing_since"] = since
         detail.update(git=git_ok, redis=redis_ok, leader=self.leader, owner=self.lease.owner)
-        return git_ok and redis_ok, detail
+        detail["remote"] = remote_ok
+        return git_ok and redis_ok and remote_ok, detail
