@@ -15,9 +15,8 @@ Two figures:
 
 Everything runs on this machine: an embedded Redis-compatible server, kubesim's API server
 with its Deployment controller (auto mode) and simulated apps, the example deploy tree in
-a temporary git repository. kubesim answers without Nagle's delay here, as a real API
-server does; otherwise every request would pay a 40 ms delayed ACK that is the
-simulator's, not the workers'.
+a temporary git repository. kubesim answers without Nagle's delay, as a real API server
+does, so request timings are the workers' and not the simulator's.
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kubesim import ApiServer, DeploymentController, SimApp  # noqa: E402
-from kubesim._http import JSONRequestHandler  # noqa: E402
 from monkeytown_deploy.config import CONFIG_ENV  # noqa: E402
 from monkeytown_deploy.redis_server import RedisServer  # noqa: E402
 from triggers import TRIGGER_DIR, Environment, trigger_id  # noqa: E402
@@ -180,7 +178,6 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="analysis interval, s")
     parser.add_argument("--samples", type=int, default=3, help="samples per canary step")
     args = parser.parse_args()
-    JSONRequestHandler.disable_nagle_algorithm = True  # see the module docstring
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         folder = Path(tmp)

@@ -108,6 +108,9 @@ class JSONRequestHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     timeout = IDLE_CONNECTION_TIMEOUT
+    # Headers and body go out in separate writes; with Nagle on, each answer would wait
+    # for the client's delayed ACK (~40 ms). Real API servers set TCP_NODELAY too.
+    disable_nagle_algorithm = True
     server: SimHTTPServer
 
     @property

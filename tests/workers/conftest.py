@@ -298,15 +298,3 @@ def live_image(sim: SimCluster, environment: Environment, name: str = "monkeytow
 
 
 __all__ = ["DEPLOYMENT", "STABLE_WEB", "live_image"]
-
-
-@pytest.fixture(autouse=True)
-def no_nagle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Answer without Nagle's delay, as real API servers do (Go sets TCP_NODELAY).
-
-    kubesim writes headers and body separately; with Nagle on, each answer waits for the
-    client's delayed ACK (about 40 ms), which would swamp every timing the workers make.
-    """
-    from kubesim._http import JSONRequestHandler
-
-    monkeypatch.setattr(JSONRequestHandler, "disable_nagle_algorithm", True, raising=False)
