@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -125,53 +126,78 @@ class Agent:
 
 @dataclass
 class Service:
-    """One long-running process of the system, in its own process group."""
+    """One long-running process of the system, in its own process group.
+
+    Like a systemd unit with ``Restart=always``, a service that dies is started again by
+    the system's supervisor until :meth:`stop` is called.
+    """
 
     name: str
     argv: list[str]
     env: dict[str, str]
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    wanted: bool = False
+    restarts: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> Service:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        out = self.log.open("ab")
-        self.process = subprocess.Popen(
-            self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        out.close()
+        with self.lock:
+            self._spawn()
+            self.wanted = True
         return self
+
+    def _spawn(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def revive(self) -> None:
+        """Start the service again if it died while wanted (what systemd would do)."""
+        with self.lock:
+            if self.wanted and not self.alive():
+                self._reap()
+                self._spawn()
+                self.restarts += 1
+
     def kill(self) -> None:
         """SIGKILL the whole process group, as a crash (or the OOM killer) would."""
+        with self.lock:
+            if self.process is None:
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self._reap()
+
+    def _reap(self) -> None:
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         if self.process.stdout is not None:
             self.process.stdout.close()
         self.process = None
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # stragglers of the group
-        self.process = None
-        return code
+        with self.lock:
+            self.wanted = False
+            if self.process is None:
+                return None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                code: int | None = self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                code = None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)  # stragglers of the group
+            self._reap()
+            return code
 
 
 @dataclass
@@ -186,6 +212,8 @@ class System:
     services: dict[str, Service] = field(default_factory=dict)
     redis_server: RedisServer | None = None
     kube: dict[str, Any] = field(default_factory=dict)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    supervisor: threading.Thread | None = None
 
     # -- setting up ----------------------------------------------------------------------
 
@@ -200,8 +228,16 @@ class System:
             self.start_watcher(index)
         for index in range(self.workers):
             self.start_worker(index)
+        self.supervisor = threading.Thread(target=self._supervise, name="system-supervisor")
+        self.supervisor.start()
         wait_for(self.leader, 20, "a watcher to take the lease")
         return self
+
+    def _supervise(self) -> None:
+        while not self.stopping.wait(0.3):
+            for name, service in list(self.services.items()):
+                if name != "kubesim":
+                    service.revive()
 
     def _repositories(self) -> None:
         self.origin = self.root / "origin.git"
@@ -316,14 +352,19 @@ class System:
         return service
 
     def start_worker(self, index: int) -> Service:
+        # Plain rq, as `rq worker deployments` under systemd; no fixed --name, since a
+        # restarted worker would find its old name still registered.
         argv = [str(BIN / "rq"), "worker", "deployments", "--url", self.redis_url,
-                "--name", f"worker-{index}-{time.monotonic_ns()}"]  # fmt: skip
+                "--connection-class", "monkeytown_deploy.connection.ResilientRedis"]  # fmt: skip
         name = f"worker-{index}"
         service = Service(name, argv, self._env(), self.root / "logs" / f"{name}.log").start()
         self.services[name] = service
         return service
 
     def stop(self) -> None:
+        self.stopping.set()
+        if self.supervisor is not None:
+            self.supervisor.join()
         for name, service in reversed(list(self.services.items())):
             if name != "kubesim":
                 service.stop()
