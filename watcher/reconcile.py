@@ -41,6 +41,10 @@ log = structlog.get_logger("watcher")
 # not seen. The bound keeps one pass from running for minutes after a long outage.
 _MAX_WALK = 1000
 
+# Decisions audited, enqueued and recorded together; a stop request is honoured between
+# batches, so a pass over a huge commit still ends promptly on SIGTERM.
+_BATCH = 200
+
 
 @dataclass
 class PassReport:
@@ -169,49 +173,51 @@ class Reconciler:
         report: PassReport,
         woke_at: float | None,
     ) -> None:
-        """Audit and enqueue each decision, then record the states of all in one round trip.
+        """Audit, enqueue and record the decisions, a batch at a time.
 
-        Per trigger this is two audit appends and RQ's unique enqueue (two round trips);
-        threads were tried and gained nothing: the cost is Python, not waiting.
+        Each batch is audited (one append for all its decisions) before any of its jobs is
+        enqueued, so no job exists without its record; then the enqueue outcomes are
+        audited together and the states written in one round trip. Batching the audit
+        appends is what makes a 1,000-trigger commit quick.
         """
-        done: list[Decision] = []
-        for decision in decisions:
+        for start in range(0, len(decisions), _BATCH):
             if self.cancelled():
-                break  # stopping: the rest waits for the next pass
-            self._announce(decision)
-            if decision.outcome is Outcome.ACCEPTED:
+                return  # stopping: the rest waits for the next pass
+            batch = decisions[start : start + _BATCH]
+            self.audit.record_many([self._announce(decision) for decision in batch])
+            outcomes = [
                 self._enqueue(decision, snapshot, report, woke_at)
-            report.counts[decision.outcome] = report.counts.get(decision.outcome, 0) + 1
-            done.append(decision)
-        self.store.record(done, snapshot.commit)
+                for decision in batch
+                if decision.outcome is Outcome.ACCEPTED
+            ]
+            self.audit.record_many(outcomes)
+            for decision in batch:
+                report.counts[decision.outcome] = report.counts.get(decision.outcome, 0) + 1
+            self.store.record(batch, snapshot.commit)
 
-    def _announce(self, decision: Decision) -> None:
-        """Audit and count one decision (accepted, pending or rejected, with its rule)."""
+    def _announce(self, decision: Decision) -> tuple[str, dict[str, Any]]:
+        """Count one decision and return its audit event (accepted, pending or rejected)."""
         self.metrics.triggers.labels("seen", "").inc()
         self.metrics.triggers.labels(decision.outcome.value, decision.rule).inc()
-        self.audit.bind(
-            trigger_id=decision.trigger_id, sha=decision.sha, environment=decision.target or None
-        ).record(
-            f"trigger.{decision.outcome.value}",
-            outcome=decision.outcome.value,
-            rule=decision.rule,
-            reason=decision.reason,
-            path=decision.path,
-            blob=decision.blob,
-        )
         if decision.outcome is Outcome.REJECTED:
             log.warning(
                 "trigger.rejected", path=decision.path, rule=decision.rule, reason=decision.reason
             )
+        return f"trigger.{decision.outcome.value}", {
+            **_identity(decision),
+            "outcome": decision.outcome.value,
+            "rule": decision.rule,
+            "reason": decision.reason,
+            "path": decision.path,
+            "blob": decision.blob,
+        }
 
     def _enqueue(
         self, decision: Decision, snapshot: Snapshot, report: PassReport, woke_at: float | None
-    ) -> None:
+    ) -> tuple[str, dict[str, Any]]:
+        """Enqueue one accepted trigger; returns the audit event saying how that went."""
         request = job_request(decision, snapshot)
-        audit = self.audit.bind(
-            trigger_id=decision.trigger_id, sha=decision.sha, environment=decision.target,
-            job_id=decision.trigger_id,
-        )  # fmt: skip
+        identity = {**_identity(decision), "job_id": decision.trigger_id, "path": decision.path}
         try:
             self.queue.enqueue_call(
                 JOB_FUNCTION,
@@ -230,18 +236,25 @@ class Reconciler:
         except DuplicateJobError:
             report.duplicates.append(decision.trigger_id)
             self.metrics.enqueued.labels("duplicate").inc()
-            audit.record("trigger.duplicate", outcome="duplicate", path=decision.path)
-            return
+            return "trigger.duplicate", {**identity, "outcome": "duplicate"}
         self._observe_latency(request, woke_at)
         report.enqueued.append(decision.trigger_id)
         self.metrics.enqueued.labels("enqueued").inc()
-        audit.record("trigger.enqueued", outcome="enqueued", path=decision.path)
+        return "trigger.enqueued", {**identity, "outcome": "enqueued"}
 
     def _observe_latency(self, request: dict[str, Any], woke_at: float | None) -> None:
         now = time.time()
         self.metrics.commit_to_enqueue.observe(max(0.0, now - request["committed_at"]))
         if woke_at is not None:
             self.metrics.event_to_enqueue.observe(max(0.0, now - woke_at))
+
+
+def _identity(decision: Decision) -> dict[str, Any]:
+    return {
+        "trigger_id": decision.trigger_id,
+        "sha": decision.sha,
+        "environment": decision.target or None,
+    }
 
 
 def job_request(decision: Decision, snapshot: Snapshot) -> dict[str, Any]:
