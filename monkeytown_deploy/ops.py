@@ -25,6 +25,7 @@ from monkeytown_deploy.audit_cli import settings_from
 from monkeytown_deploy.config import Settings
 from monkeytown_deploy.keys import QUEUE, key
 from monkeytown_deploy.lease import Lease
+from monkeytown_deploy.redis_server import answers
 from triggers import Environment
 
 ROLLBACK_JOB = "workers.jobs.run_rollback"
@@ -44,23 +45,13 @@ def known_redis_url(settings: Settings, given: str | None) -> str:
     url_file = settings.state_dir / "redis" / "server.url"
     if url_file.is_file():
         url = url_file.read_text().strip()
-        if _answers(url):
+        if answers(url):
             return url
     raise click.ClickException(
         "no Redis to ask: none is configured, and no embedded server is running for state "
         f"folder {settings.state_dir} ({url_file} is missing or stale). Pass --redis-url, "
         "set redis_url in the configuration, or start `monkeytown-deploy up`."
     )
-
-
-def _answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
 
 
 # --- status -----------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def resolve_redis(url: str | None, state_dir: Path) -> tuple[str, RedisServer | 
     url_file = data_dir / "server.url"
     if url_file.is_file():
         known = url_file.read_text().strip()
-        if _answers(known):
+        if answers(known):
             return known, None
     server = RedisServer(data_dir).start()
     temporary = url_file.with_suffix(".tmp")
@@ -186,7 +186,8 @@ def stop_embedded(server: RedisServer | None) -> None:
     server.stop()
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """True when a Redis server answers PING at *url* within half a second."""
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
     try:
         return bool(client.ping())
