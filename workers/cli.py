@@ -27,9 +27,22 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 @click.option("--burst", is_flag=True, help="Run the queued jobs, then exit.")
 @click.option("--name", help="Worker name shown by `rq info` (default: RQ's own).")
 @click.option("--dry-run", is_flag=True, help="Render and record plans; touch no cluster.")
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Serve /metrics (every work-horse's, merged) and /health here.",
+)
 @click.pass_context
-def worker(ctx: click.Context, burst: bool, name: str | None, dry_run: bool) -> None:
-    """Run deployment jobs from the Redis queue "deployments"."""
+def worker(
+    ctx: click.Context, burst: bool, name: str | None, dry_run: bool, listen: str | None
+) -> None:
+    """Run deployment jobs from the Redis queue "deployments".
+
+    \b
+    Plain `rq worker deployments` runs the same jobs; this command adds the embedded Redis
+    when none is configured, systemd notifications, restarts after a Redis outage, and
+    Prometheus metrics that add up across the forked work-horses.
+    """
     config_path = (ctx.obj or {}).get("config_path")
     if config_path is not None:
         os.environ[CONFIG_ENV] = str(Path(config_path).resolve())  # work-horses read it too
@@ -43,8 +56,24 @@ def worker(ctx: click.Context, burst: bool, name: str | None, dry_run: bool) -> 
     metrics_dir.mkdir(parents=True, exist_ok=True)
     # Before anything imports prometheus_client: it picks its storage at import time.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
-    _work(settings.redis_url.get_secret_value() if settings.redis_url else None,
-          settings.state_dir, burst=burst, name=name)  # fmt: skip
+    server = _serve_metrics(listen)
+    try:
+        _work(settings.redis_url.get_secret_value() if settings.redis_url else None,
+              settings.state_dir, burst=burst, name=name)  # fmt: skip
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _serve_metrics(listen: str | None) -> Any:
+    if listen is None:
+        return None
+    from monkeytown_deploy.metrics import serve_metrics
+
+    try:
+        return serve_metrics(listen)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from exc
 
 
 def _work(redis_url: str | None, state_dir: Path, *, burst: bool, name: str | None) -> None:

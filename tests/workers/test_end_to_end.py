@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from rq import Queue, Worker
 from rq.job import Job, JobStatus
 
 from monkeytown_deploy.keys import QUEUE
-from monkeytown_deploy.redis_server import RedisServer
+from monkeytown_deploy.redis_server import RedisServer, free_port
 from triggers import Environment
 
 from .conftest import ROOT, Configure, DeployRepo, SimCluster, events, image, live_image
@@ -98,3 +99,43 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float = 60) -> None
             pass
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_worker_listen_serves_health_and_metrics_of_its_work_horses(
+    deploy_repo: DeployRepo, sim: SimCluster, configure: Configure, redis_url: str
+) -> None:
+    """`worker --listen` answers /health, and /metrics counts a job its work-horse ran."""
+    port = free_port()
+    config = configure()
+    worker = subprocess.Popen(
+        [BIN / "monkeytown-deploy", "--config", str(config), "worker", "--listen", f"127.0.0.1:{port}"],
+        cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis.from_url(redis_url)
+    try:
+        _wait(lambda: _http(port, "/health")[0] == 200, "the worker's /health")
+        request = deploy_repo.trigger("development", deploy_repo.release("v3"))
+        Queue(QUEUE, connection=client).enqueue(
+            "workers.jobs.run_trigger", request, job_id=request["trigger_id"]
+        )
+        _wait(lambda: Job.fetch(request["trigger_id"], connection=client).is_finished, "the job")
+
+        status, body = _http(port, "/metrics")
+        assert status == 200
+        assert (
+            'monkeytown_deploy_deployments_total{environment="development",outcome="succeeded"} 1.0'
+            in body
+        )
+    finally:
+        client.close()
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+
+
+def _http(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return response.status, response.read().decode()
+    except OSError:
+        return 0, ""
