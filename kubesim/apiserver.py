@@ -135,21 +135,28 @@ class ApiHandler(JSONRequestHandler):
             self.answer_control()
             return
         started, clock = time.time(), time.monotonic()
-        body = self.read_body()  # Read first, so a reset never races the upload.
-        fault = self.api.faults.take(self.command, self.url_path)
-        status = self.answer_faulted(fault, body) if fault else self.answer_api(body)
-        self.api.request_log.append(
-            RequestRecord(
-                method=self.command,
-                path=self.url_path,
-                query=self.query,
-                content_type=self.content_type,
-                status=status,
-                started=started,
-                duration=time.monotonic() - clock,
-                fault=fault.kind if fault else None,
+        watching = self.query.get("watch") in ("true", "1")
+        if not watching:
+            self.api.request_started()
+        try:
+            body = self.read_body()  # Read first, so a reset never races the upload.
+            fault = self.api.faults.take(self.command, self.url_path)
+            status = self.answer_faulted(fault, body) if fault else self.answer_api(body)
+            self.api.request_log.append(
+                RequestRecord(
+                    method=self.command,
+                    path=self.url_path,
+                    query=self.query,
+                    content_type=self.content_type,
+                    status=status,
+                    started=started,
+                    duration=time.monotonic() - clock,
+                    fault=fault.kind if fault else None,
+                )
             )
-        )
+        finally:
+            if not watching:
+                self.api.request_finished()
 
     def answer_faulted(self, fault: Fault, body: bytes) -> int:
         if fault.kind == "drop":
@@ -294,6 +301,8 @@ class ApiServer(Closeable):
         self.faults = FaultSet()
         self._control_routes: dict[tuple[str, str], ControlRoute] = {}
         self._routes_lock = threading.Lock()
+        self._in_flight = 0
+        self._settled = threading.Condition()
         self._add_builtin_routes()
         self._background = BackgroundServer(SimHTTPServer(port, ApiHandler, self), "kubesim-api")
 
@@ -319,8 +328,23 @@ class ApiServer(Closeable):
         writes: bool = False,
         since: float | None = None,
     ) -> list[RequestRecord]:
-        """Requests answered so far, filtered by method, path substring, writes-only, time."""
+        """Requests answered so far, filtered by method, path substring, writes-only, time.
+
+        A client has its answer a moment before the server thread logs the request, so
+        this first waits (briefly) for requests in flight to be logged.
+        """
+        with self._settled:
+            self._settled.wait_for(lambda: self._in_flight == 0, timeout=2.0)
         return self.request_log.select(method, path_contains, writes=writes, since=since)
+
+    def request_started(self) -> None:
+        with self._settled:
+            self._in_flight += 1
+
+    def request_finished(self) -> None:
+        with self._settled:
+            self._in_flight -= 1
+            self._settled.notify_all()
 
     def clear_requests(self) -> None:
         self.request_log.clear()
