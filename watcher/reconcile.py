@@ -24,15 +24,13 @@ from rq.exceptions import DuplicateJobError
 
 from monkeytown_deploy.audit import AuditLog
 from monkeytown_deploy.keys import QUEUE, key
+from monkeytown_deploy.queueing import enqueue_trigger
 from triggers import TRIGGER_DIR, Environment, TriggerId, trigger_id
 from triggers.gitobjects import git, list_tree, read_blobs
 from triggers.ids import CommitSha
 from watcher.decide import Decision, Judge, Outcome, Policy, Snapshot, readable
 from watcher.metrics import WatcherMetrics
 from watcher.state import TriggerStore
-
-JOB_FUNCTION = "workers.jobs.run_trigger"
-"""The job the workers run, named as a string: the watcher never imports the workers."""
 
 log = structlog.get_logger("watcher")
 
@@ -219,20 +217,7 @@ class Reconciler:
         request = job_request(decision, snapshot)
         identity = {**_identity(decision), "job_id": decision.trigger_id, "path": decision.path}
         try:
-            self.queue.enqueue_call(
-                JOB_FUNCTION,
-                args=(request,),
-                job_id=decision.trigger_id,
-                timeout=int(self.job_timeout),
-                description=f"deploy {decision.sha} to {decision.target} ({decision.path})",
-                meta={
-                    "path": decision.path,
-                    "sha": decision.sha,
-                    "target": decision.target,
-                    "trigger_id": decision.trigger_id,
-                },
-                unique=True,
-            )
+            enqueue_trigger(self.queue, request, timeout=int(self.job_timeout))
         except DuplicateJobError:
             report.duplicates.append(decision.trigger_id)
             self.metrics.enqueued.labels("duplicate").inc()

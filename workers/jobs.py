@@ -21,15 +21,15 @@ import time
 from typing import Any
 
 import redis
-from rq import Queue, get_current_job
+from rq import get_current_job
 from rq.job import Job
-from rq.registry import StartedJobRegistry
 
 from monkeytown_deploy.audit import AuditLog
 from monkeytown_deploy.config import Settings, load_settings
 from monkeytown_deploy.connection import connect
-from monkeytown_deploy.keys import QUEUE, key
+from monkeytown_deploy.keys import key
 from monkeytown_deploy.metrics import DEPLOYMENTS
+from monkeytown_deploy.queueing import forget_trigger, newer_trigger
 from triggers import Environment, parse_trigger
 from triggers.approval import check_approval, sha_reachable
 from triggers.gitobjects import GitError, branch_tip, list_tree, read_blobs
@@ -50,8 +50,6 @@ from workers.stages import (
     remove_canary,
     roll_back_stage,
 )
-
-TRIGGER_JOB = "workers.jobs.run_trigger"
 
 
 class DeploymentFailed(Exception):
@@ -150,6 +148,8 @@ class TriggerJob:
             self._fail(exc, started)
             raise DeploymentFailed(str(exc)) from exc
         finally:
+            with contextlib.suppress(redis.RedisError):  # the index is only a shortcut
+                forget_trigger(run.client, self.target.value, self.request.trigger_id)
             run.close()
         self._succeeded(result, started)
         return result
@@ -182,7 +182,12 @@ class TriggerJob:
 
     def check_superseded(self) -> None:
         """Step aside when a newer trigger for the same target is queued or running."""
-        newer = newer_trigger(self.run.client, self.request, self.run.job_id)
+        order = {
+            "target": self.target.value,
+            "committed_at": self.request.committed_at,
+            "enqueued_at": self.request.enqueued_at,
+        }
+        newer = newer_trigger(self.run.client, order, exclude=self.run.job_id)
         if newer is not None:
             raise Superseded(
                 f"superseded by {newer} for {self.target}, a newer approved trigger; "
@@ -432,24 +437,6 @@ def _remove_live_canary(run: Run) -> None:
     run.progress.remember("production:canary", "objects", refs)
     removed = remove_canary(run)
     run.audit.record("canary.removed", environment="production", removed=removed)
-
-
-def newer_trigger(client: redis.Redis, request: TriggerRequest, own_job_id: str) -> str | None:
-    """The id of a queued or running trigger job for the same target that is newer."""
-    queue = Queue(QUEUE, connection=client)
-    running = StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)
-    ids = [*queue.get_job_ids(), *running]
-    ids = [job_id for job_id in ids if job_id not in (own_job_id, request.trigger_id)]
-    for job in Job.fetch_many(ids, connection=client):
-        if job is None or job.func_name != TRIGGER_JOB or not job.args:
-            continue
-        other = job.args[0]
-        if not isinstance(other, dict) or other.get("target") != request.target.value:
-            continue
-        order = (float(other.get("committed_at", 0)), float(other.get("enqueued_at", 0)))
-        if order > request.order:
-            return job.id
-    return None
 
 
 def _trigger_at(request: TriggerRequest, tip: str) -> tuple[Any, str]:

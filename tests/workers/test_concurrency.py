@@ -19,8 +19,9 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from monkeytown_deploy.keys import QUEUE, key
+from monkeytown_deploy.queueing import enqueue_trigger
 from triggers import Environment
-from workers.jobs import TRIGGER_JOB, run_trigger
+from workers.jobs import run_trigger
 
 from .conftest import (
     ROOT,
@@ -40,15 +41,8 @@ BIN = Path(sys.executable).parent
 
 
 def enqueue(client: redis.Redis, request: dict[str, Any]) -> Job:
-    """Enqueue as the watcher does: by name, job id = trigger id, unique."""
-    queue = Queue(QUEUE, connection=client)
-    meta = {name: request[name] for name in ("path", "sha", "target", "trigger_id")}
-    job = queue.enqueue(
-        TRIGGER_JOB, request, job_id=request["trigger_id"], meta=meta, job_timeout=600,
-        unique=True,
-    )  # fmt: skip
-    assert job is not None
-    return job
+    """Enqueue as the watcher does: by name, job id = trigger id, unique, indexed by target."""
+    return enqueue_trigger(Queue(QUEUE, connection=client), request, timeout=600)
 
 
 def test_two_production_triggers_run_one_at_a_time(
