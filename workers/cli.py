@@ -78,6 +78,7 @@ def _serve_metrics(listen: str | None) -> Any:
 
 def _work(redis_url: str | None, state_dir: Path, *, burst: bool, name: str | None) -> None:
 
+    import workers.jobs  # noqa: F401 - each forked work-horse inherits it, not re-imports it
     from monkeytown_deploy import sdnotify
     from monkeytown_deploy.connection import connect
     from monkeytown_deploy.keys import QUEUE

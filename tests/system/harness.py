@@ -355,7 +355,8 @@ class System:
         # Plain rq, as `rq worker deployments` under systemd; no fixed --name, since a
         # restarted worker would find its old name still registered.
         argv = [str(BIN / "rq"), "worker", "deployments", "--url", self.redis_url,
-                "--connection-class", "monkeytown_deploy.connection.ResilientRedis"]  # fmt: skip
+                "--connection-class", "monkeytown_deploy.connection.ResilientRedis",
+                "-c", "workers.rq_settings"]  # fmt: skip
         name = f"worker-{index}"
         service = Service(name, argv, self._env(), self.root / "logs" / f"{name}.log").start()
         self.services[name] = service
