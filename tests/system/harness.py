@@ -303,7 +303,7 @@ class System:
             f'state_dir = "{self.root / "state"}"',
             f'audit_log = "{overrides.get("audit_log", self.audit_path)}"',
             f'redis_url = "{self.redis_url}"',
-            "lease_ttl = 3",
+            "lease_ttl = 10",  # outlives a Redis restart, as the 30 s default does
             "job_timeout = 600",
         ]
         for env in ENVIRONMENTS:
