@@ -93,8 +93,13 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Its own session: a Ctrl-C on the terminal reaches `up`, which stops the watcher
+        # and workers first; Redis must outlive them so they can release their leases.
         self.process = subprocess.Popen(
-            self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self._wait_ready(timeout)
         return self
