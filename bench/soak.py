@@ -1,14 +1,21 @@
 """Soak: thousands of triggers through the whole system, watching every process's footprint.
 
-    python bench/soak.py --minutes 30 --triggers 10000 [--out bench/results/soak.json]
+    python bench/soak.py --minutes 30 --triggers 10000 [--keep 1000] [--out FILE]
 
 Starts the same process tree as the system tests (Redis with AOF, kubesim with an app
 per environment, two watchers following a bare origin, two plain ``rq`` workers), then an
 agent pushes commits at an accelerated pace, each adding a batch of development and
 staging triggers for a new release, until both the time and the trigger count are
-reached. Every 10 s it samples RSS, open descriptors and child processes of each
-service (work-horses included). At the end it waits for the queue to drain, verifies the
-audit chain, and reports each process's memory and descriptor slope over the run.
+reached. Every 10 s it samples the RSS and open descriptors of each long-lived process
+and how many children it has (a worker's work-horse comes and goes with each job). At
+the end it waits for the queue to drain, verifies the audit chain, and reports each
+process's memory and descriptor slope over the run.
+
+``--keep`` bounds the trigger folder: each commit also deletes the oldest files beyond
+that many, as a repository that prunes handled decisions would. A watcher's full pass
+reads the whole folder, so its memory follows the folder's size (``bench/detect.py``
+measures that); with the folder bounded, a slope that remains is a leak. ``--keep 0``
+never deletes.
 """
 
 from __future__ import annotations
@@ -32,16 +39,15 @@ from triggers import TRIGGER_DIR
 
 
 def footprint(process: psutil.Process) -> dict[str, float]:
-    """RSS (MiB), open descriptors and children of *process* and everything under it."""
-    tree = [process, *process.children(recursive=True)]
-    rss = fds = 0.0
-    for member in tree:
-        try:
-            rss += member.memory_info().rss / 2**20
-            fds += member.num_fds()
-        except psutil.NoSuchProcess:
-            continue
-    return {"rss_mib": round(rss, 2), "fds": fds, "children": len(tree) - 1}
+    """RSS (MiB) and open descriptors of *process*, and how many children it has now.
+
+    Children are counted, not added: a work-horse is a fork that shares most of its
+    pages with the worker, and summing RSS would count them twice.
+    """
+    with process.oneshot():
+        rss = process.memory_info().rss / 2**20
+        fds = process.num_fds()
+    return {"rss_mib": round(rss, 2), "fds": fds, "children": len(process.children(True))}
 
 
 def sample(system: System, started: float) -> dict[str, Any]:
@@ -65,8 +71,11 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float:
     return num / den * 3600
 
 
-def push_batch(system: System, batch: int, size: int) -> int:
-    """One commit: a new release and *size* triggers for it; returns how many were added."""
+def push_batch(system: System, batch: int, size: int, keep: int) -> int:
+    """One commit: a new release and *size* triggers for it; returns how many were added.
+
+    With *keep*, the same commit deletes the oldest trigger files beyond that many.
+    """
     clone = system.agent.clone
     (clone / "CHANGELOG").write_text(f"release {batch}\n")
     git(clone, "add", "CHANGELOG")
@@ -78,13 +87,16 @@ def push_batch(system: System, batch: int, size: int) -> int:
         target = "staging" if index == size - 1 else "development"
         path = folder / f"soak-{batch:05d}-{index:03d}.md"
         path.write_text(trigger_text(f"soak {batch}.{index}", target, sha))
-    git(clone, "add", str(folder))
+    if keep:
+        for old in sorted(folder.glob("soak-*.md"))[:-keep]:
+            old.unlink()
+    git(clone, "add", "--all", str(folder))
     git(clone, "commit", "-qm", f"Request deployments for release {batch}")
     system.agent.push()
     return size
 
 
-def run(minutes: float, triggers: int, batch_size: int, root: Path) -> dict[str, Any]:
+def run(minutes: float, triggers: int, batch_size: int, keep: int, root: Path) -> dict[str, Any]:
     system = System(root, appendfsync="everysec")
     system.start()
     started = time.monotonic()
@@ -93,7 +105,7 @@ def run(minutes: float, triggers: int, batch_size: int, root: Path) -> dict[str,
     next_sample = started + 10
     try:
         while time.monotonic() - started < minutes * 60 or pushed < triggers:
-            pushed += push_batch(system, batch, batch_size)
+            pushed += push_batch(system, batch, batch_size, keep)
             batch += 1
             pace = (minutes * 60) / max(1, triggers / batch_size)
             time.sleep(max(0.0, min(pace, started + batch * pace - time.monotonic())))
@@ -103,7 +115,7 @@ def run(minutes: float, triggers: int, batch_size: int, root: Path) -> dict[str,
                 print(json.dumps({"pushed": pushed, **samples[-1]}), flush=True)
         wait_for(lambda: _drained(system), 1800, "the queue to drain", interval=2)
         samples.append(sample(system, started))
-        return report(system, samples, pushed, time.monotonic() - started)
+        return {"keep": keep, **report(system, samples, pushed, time.monotonic() - started)}
     finally:
         system.stop()
 
@@ -120,6 +132,8 @@ def report(
     events: dict[str, int] = {}
     for record in records:
         events[record["event"]] = events.get(record["event"], 0) + 1
+    # Every accepted trigger's job must end exactly once, one way or another.
+    ended = sum(events.get(name, 0) for name in ("job.succeeded", "job.superseded", "job.failed"))
     services = sorted({key for row in samples for key in row if key != "t"})
     processes = {}
     for name in services:
@@ -140,6 +154,7 @@ def report(
         "minutes": round(seconds / 60, 1),
         "triggers_pushed": pushed,
         "events": events,
+        "jobs_unaccounted": events.get("trigger.accepted", 0) - ended,
         "audit_records": len(records),
         "audit_chain_intact": system.audit_intact(),
         "processes": processes,
@@ -152,11 +167,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--triggers", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=20, help="triggers per commit")
+    parser.add_argument(
+        "--keep", type=int, default=1000, help="trigger files kept in the folder (0: all)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/soak.json"))
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="soak-") as folder:
-        result = run(args.minutes, args.triggers, args.batch, Path(folder))
+        result = run(args.minutes, args.triggers, args.batch, args.keep, Path(folder))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     summary = {key: value for key, value in result.items() if key != "samples"}
