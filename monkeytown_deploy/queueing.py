@@ -1,6 +1,6 @@
 """Putting trigger jobs on the queue, and finding the newest one for a target cheaply.
 
-Every trigger job is enqueued through :func:`enqueue_trigger`: RQ's ``unique=True`` under
+Every trigger job is enqueued through :func:`enqueue_triggers`: RQ's unique enqueue under
 the trigger id (so nothing is enqueued twice), plus an entry in a per-target sorted set
 scored by the commit time. A job deciding whether a newer trigger supersedes it reads the
 top of that set instead of unpickling every queued job: with thousands queued, the scan
@@ -9,11 +9,15 @@ made each job cost seconds and a backlog took hours to drain.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 from rq import Queue
+from rq.exceptions import DuplicateJobError
 from rq.job import Job, JobStatus
+from rq.scripts import get_unique_enqueue_script
+from rq.utils import now
 
 from monkeytown_deploy.keys import key
 
@@ -29,22 +33,69 @@ def target_index(target: str) -> str:
 
 
 def enqueue_trigger(queue: Queue, request: dict[str, Any], *, timeout: int) -> Job:
-    """Enqueue *request* as its trigger's one job; raises RQ's ``DuplicateJobError`` if known.
+    """Enqueue *request* as its trigger's one job; raises RQ's ``DuplicateJobError`` if known."""
+    [enqueued] = enqueue_triggers(queue, [request], timeout=timeout)
+    if not enqueued:
+        raise DuplicateJobError(f"job {request['trigger_id']} already exists")
+    job = queue.fetch_job(request["trigger_id"])
+    assert job is not None
+    return job
 
-    The index entry is written first: a crash between the two leaves an entry whose job
-    does not exist yet, which readers skip, never a job that readers cannot see.
+
+def enqueue_triggers(
+    queue: Queue, requests: Sequence[dict[str, Any]], *, timeout: int
+) -> list[bool]:
+    """Enqueue each request as its trigger's one job, all in one round trip.
+
+    Returns, per request, True when its job was enqueued and False when a job with its id
+    already existed (which was left untouched). Each job is saved and pushed by RQ's own
+    unique-enqueue script, the atomic check-and-save behind ``enqueue_call(unique=True)``;
+    what this adds is running the scripts of a whole batch in one pipeline, since one
+    round trip per trigger was the largest cost of a big commit.
+
+    Commands run in order, so each index entry is written before its job: a connection
+    lost half-way leaves entries whose job does not exist yet, which readers skip, never
+    a job that readers cannot see.
     """
-    trigger_id = request["trigger_id"]
-    queue.connection.zadd(target_index(request["target"]), {trigger_id: request["committed_at"]})
-    return queue.enqueue_call(
+    if not requests:
+        return []
+    connection = queue.connection
+    unique_enqueue = get_unique_enqueue_script(connection)  # type: ignore[no-untyped-call]
+    with connection.pipeline(transaction=False) as pipe:
+        for request in requests:
+            index_entry = {request["trigger_id"]: request["committed_at"]}
+            pipe.zadd(target_index(request["target"]), index_entry)
+        pipe.sadd(queue.redis_queues_keys, queue.key)
+        for request in requests:
+            job = _trigger_job(queue, request, timeout)
+            ttl = -1 if job.ttl is None else job.ttl
+            push = [job.id, "R", ttl, *_fields(job)]  # append to the queue's tail, like RQ
+            unique_enqueue(keys=[job.key, queue.key], args=push, client=pipe)
+        results = pipe.execute()
+    return [result == 1 for result in results[len(requests) + 1 :]]
+
+
+def _trigger_job(queue: Queue, request: dict[str, Any], timeout: int) -> Job:
+    """The job RQ's ``enqueue_call`` would build for *request*, ready to be saved."""
+    job = queue.create_job(
         TRIGGER_JOB,
         args=(request,),
-        job_id=trigger_id,
+        job_id=request["trigger_id"],
         timeout=timeout,
         description=f"deploy {request['sha']} to {request['target']} ({request['path']})",
         meta={name: request[name] for name in ("path", "sha", "target", "trigger_id")},
-        unique=True,
     )
+    job.enqueued_at = now()
+    return job
+
+
+def _fields(job: Job) -> list[str | bytes]:
+    """The job's hash as the field, value pairs the unique-enqueue script writes."""
+    pairs: list[str | bytes] = []
+    for name, value in job.to_dict().items():
+        if value is not None:
+            pairs += [name, value if isinstance(value, str | bytes) else str(value)]
+    return pairs
 
 
 def forget_trigger(client: redis.Redis, target: str, trigger_id: str) -> None:

@@ -12,6 +12,7 @@ from rq.exceptions import DuplicateJobError
 from monkeytown_deploy.keys import QUEUE
 from monkeytown_deploy.queueing import (
     enqueue_trigger,
+    enqueue_triggers,
     forget_trigger,
     newer_trigger,
     target_index,
@@ -71,3 +72,27 @@ def test_a_trigger_is_enqueued_once(redis_client: redis.Redis) -> None:
     with pytest.raises(DuplicateJobError):
         enqueue_trigger(queue, request("trigger-x", 100.0, 1.0), timeout=60)
     assert queue.count == 1
+
+
+def test_a_batch_enqueues_new_jobs_and_leaves_existing_ones(redis_client: redis.Redis) -> None:
+    """One pipelined batch: new ids become queued jobs in order, a known id is untouched."""
+    queue = Queue(QUEUE, connection=redis_client)
+    enqueue_trigger(queue, request("trigger-b", 100.0, 1.0), timeout=60)
+    before = redis_client.hgetall("rq:job:trigger-b")
+    batch = [request(name, 200.0, 2.0) for name in ("trigger-a", "trigger-b", "trigger-c")]
+
+    assert enqueue_triggers(queue, batch, timeout=90) == [True, False, True]
+    assert queue.job_ids == ["trigger-b", "trigger-a", "trigger-c"]
+    assert redis_client.hgetall("rq:job:trigger-b") == before
+    job = queue.fetch_job("trigger-c")
+    assert job is not None
+    assert (job.func_name, job.args, job.timeout, job.origin) == (
+        "workers.jobs.run_trigger",
+        (batch[2],),
+        90,
+        QUEUE,
+    )
+    assert job.get_status() == "queued" and job.enqueued_at is not None
+    assert job.meta == {"path": "t/trigger-c.md", "sha": "a" * 40, "target": "production",
+                        "trigger_id": "trigger-c"}  # fmt: skip
+    assert redis_client.zscore(target_index("production"), "trigger-c") == 200.0

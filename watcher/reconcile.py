@@ -3,7 +3,7 @@
 The truth is ``git ls-tree`` of the trigger folder at the tip of the tracked branch; file
 events only say *when* to look. Each pass decides the trigger versions Redis has no state
 for, enqueues the accepted ones and records every decision. The order makes a crash at any
-moment harmless: a job is enqueued (with RQ's ``unique=True`` under the trigger id) before
+moment harmless: a job is enqueued (with RQ's unique enqueue under the trigger id) before
 its state is written, so a restart that finds no state enqueues again and RQ answers that
 the job already exists.
 """
@@ -20,11 +20,10 @@ from typing import Any
 import redis
 import structlog
 from rq import Queue
-from rq.exceptions import DuplicateJobError
 
 from monkeytown_deploy.audit import AuditLog
 from monkeytown_deploy.keys import QUEUE, key
-from monkeytown_deploy.queueing import enqueue_trigger
+from monkeytown_deploy.queueing import enqueue_triggers
 from triggers import TRIGGER_DIR, Environment, TriggerId, trigger_id
 from triggers.gitobjects import git, list_tree, read_blobs
 from triggers.ids import CommitSha
@@ -183,12 +182,8 @@ class Reconciler:
                 return  # stopping: the rest waits for the next pass
             batch = decisions[start : start + _BATCH]
             self.audit.record_many([self._announce(decision) for decision in batch])
-            outcomes = [
-                self._enqueue(decision, snapshot, report, woke_at)
-                for decision in batch
-                if decision.outcome is Outcome.ACCEPTED
-            ]
-            self.audit.record_many(outcomes)
+            accepted = [decision for decision in batch if decision.outcome is Outcome.ACCEPTED]
+            self.audit.record_many(self._enqueue(accepted, snapshot, report, woke_at))
             for decision in batch:
                 report.counts[decision.outcome] = report.counts.get(decision.outcome, 0) + 1
             self.store.record(batch, snapshot.commit)
@@ -211,21 +206,28 @@ class Reconciler:
         }
 
     def _enqueue(
-        self, decision: Decision, snapshot: Snapshot, report: PassReport, woke_at: float | None
-    ) -> tuple[str, dict[str, Any]]:
-        """Enqueue one accepted trigger; returns the audit event saying how that went."""
-        request = job_request(decision, snapshot)
-        identity = {**_identity(decision), "job_id": decision.trigger_id, "path": decision.path}
-        try:
-            enqueue_trigger(self.queue, request, timeout=int(self.job_timeout))
-        except DuplicateJobError:
-            report.duplicates.append(decision.trigger_id)
-            self.metrics.enqueued.labels("duplicate").inc()
-            return "trigger.duplicate", {**identity, "outcome": "duplicate"}
-        self._observe_latency(request, woke_at)
-        report.enqueued.append(decision.trigger_id)
-        self.metrics.enqueued.labels("enqueued").inc()
-        return "trigger.enqueued", {**identity, "outcome": "enqueued"}
+        self,
+        accepted: list[Decision],
+        snapshot: Snapshot,
+        report: PassReport,
+        woke_at: float | None,
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Enqueue the accepted triggers together; returns the audit events saying how."""
+        requests = [job_request(decision, snapshot) for decision in accepted]
+        results = enqueue_triggers(self.queue, requests, timeout=int(self.job_timeout))
+        events = []
+        for decision, request, enqueued in zip(accepted, requests, results, strict=True):
+            identity = {**_identity(decision), "job_id": decision.trigger_id, "path": decision.path}
+            if not enqueued:
+                report.duplicates.append(decision.trigger_id)
+                self.metrics.enqueued.labels("duplicate").inc()
+                events.append(("trigger.duplicate", {**identity, "outcome": "duplicate"}))
+                continue
+            self._observe_latency(request, woke_at)
+            report.enqueued.append(decision.trigger_id)
+            self.metrics.enqueued.labels("enqueued").inc()
+            events.append(("trigger.enqueued", {**identity, "outcome": "enqueued"}))
+        return events
 
     def _observe_latency(self, request: dict[str, Any], woke_at: float | None) -> None:
         now = time.time()
