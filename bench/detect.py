@@ -21,12 +21,15 @@ every minute.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -79,15 +82,45 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def start_watcher(repo: Path, url: str, state: Path) -> subprocess.Popen[bytes]:
+def start_watcher(repo: Path, url: str, state: Path, *options: str) -> subprocess.Popen[bytes]:
+    """``python -m watcher`` on *repo* and the server at *url*, with extra *options*."""
     env = {**os.environ, "MONKEYTOWN_DEPLOY_STATE_DIR": str(state)}
     state.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "watcher", "--repo", str(repo), "--redis-url", url],
+        [sys.executable, "-m", "watcher", "--repo", str(repo), "--redis-url", url, *options],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=(state / "watcher.log").open("ab"),
     )
+
+
+@dataclass
+class Bench:
+    """A bench's world: a git repository, a Redis-compatible server and a watcher on both."""
+
+    root: Path
+    repo: Path
+    sha: str
+    client: redis.Redis
+    watcher: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def running_watcher(prefix: str, *options: str) -> Iterator[Bench]:
+    """A fresh repository and server, and a watcher that has finished its first pass."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        root = Path(folder)
+        repo, sha = make_repo(root)
+        with RedisServer(root / "redis", appendonly=False) as server:
+            client = redis.Redis.from_url(server.url)
+            watcher = start_watcher(repo, server.url, root / "state", *options)
+            try:
+                wait_until_leading(client)
+                yield Bench(root, repo, sha, client, watcher)
+            finally:
+                watcher.terminate()
+                watcher.wait(10)
+                client.close()
 
 
 def wait_for_job(client: redis.Redis, job_id: str, timeout: float = 30.0) -> None:
@@ -181,21 +214,13 @@ def main() -> None:
     parser.add_argument("--commits", type=int, default=200)
     parser.add_argument("--triggers", type=int, default=10_000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="detect-bench-") as folder:
-        root = Path(folder)
-        repo, sha = make_repo(root)
-        with RedisServer(root / "redis", appendonly=False) as server:
-            client = redis.Redis.from_url(server.url)
-            watcher = start_watcher(repo, server.url, root / "state")
-            try:
-                wait_until_leading(client)
-                latency(repo, sha, client, args.commits)
-                soak(repo, sha, client, watcher.pid, count=args.triggers, first=args.commits)
-            finally:
-                watcher.terminate()
-                watcher.wait(10)
-            throughput(repo, client, root / "bench-audit.jsonl")
-            client.close()
+    with running_watcher("detect-bench-") as bench:
+        latency(bench.repo, bench.sha, bench.client, args.commits)
+        pid = bench.watcher.pid
+        soak(bench.repo, bench.sha, bench.client, pid, count=args.triggers, first=args.commits)
+        bench.watcher.terminate()
+        bench.watcher.wait(10)
+        throughput(bench.repo, bench.client, bench.root / "bench-audit.jsonl")
 
 
 if __name__ == "__main__":

@@ -14,32 +14,16 @@ follows the folder, it steps up with each commit and stays put in between.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
-import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.detect import git, make_repo, wait_for_job, wait_until_leading, write_trigger
-from monkeytown_deploy.redis_server import RedisServer
+from bench.detect import git, running_watcher, wait_for_job, write_trigger
 from triggers import trigger_id
-
-
-def start_watcher(repo: Path, url: str, state: Path) -> subprocess.Popen[bytes]:
-    state.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [sys.executable, "-m", "watcher", "--repo", str(repo), "--redis-url", url,
-         "--reconcile-interval", "1"],
-        env={**os.environ, "MONKEYTOWN_DEPLOY_STATE_DIR": str(state)},
-        stdout=subprocess.DEVNULL,
-        stderr=(state / "watcher.log").open("ab"),
-    )  # fmt: skip
 
 
 def rss_mib(process: psutil.Process) -> float:
@@ -52,34 +36,24 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=2_000)
     parser.add_argument("--passes", type=int, default=30, help="idle full passes per size")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="folder-bench-") as folder:
-        root = Path(folder)
-        repo, sha = make_repo(root)
-        with RedisServer(root / "redis", appendonly=False) as server:
-            client = redis.Redis.from_url(server.url)
-            watcher = start_watcher(repo, server.url, root / "state")
-            try:
-                wait_until_leading(client)
-                process = psutil.Process(watcher.pid)
-                print(f"{0:>6} files: RSS {rss_mib(process):5.1f} MiB")
-                for size in range(args.step, args.files + 1, args.step):
-                    for number in range(size - args.step, size):
-                        last = write_trigger(repo, sha, number)
-                    git(repo, "add", "-A")
-                    git(repo, "commit", "-q", "-m", f"triggers up to {size}")
-                    wait_for_job(client, trigger_id(last, git(repo, "rev-parse", f"HEAD:{last}")))
-                    time.sleep(2)  # the pass that enqueued them, and one more, are over
-                    before = rss_mib(process)
-                    time.sleep(args.passes)
-                    after = rss_mib(process)
-                    print(
-                        f"{size:>6} files: RSS {before:5.1f} MiB, after {args.passes} more "
-                        f"full passes {after:5.1f} MiB ({after - before:+.1f})"
-                    )
-            finally:
-                watcher.terminate()
-                watcher.wait(10)
-                client.close()
+    with running_watcher("folder-bench-", "--reconcile-interval", "1") as bench:
+        repo, client = bench.repo, bench.client
+        process = psutil.Process(bench.watcher.pid)
+        print(f"{0:>6} files: RSS {rss_mib(process):5.1f} MiB")
+        for size in range(args.step, args.files + 1, args.step):
+            for number in range(size - args.step, size):
+                last = write_trigger(repo, bench.sha, number)
+            git(repo, "add", "-A")
+            git(repo, "commit", "-q", "-m", f"triggers up to {size}")
+            wait_for_job(client, trigger_id(last, git(repo, "rev-parse", f"HEAD:{last}")))
+            time.sleep(2)  # the pass that enqueued them, and one more, are over
+            before = rss_mib(process)
+            time.sleep(args.passes)
+            after = rss_mib(process)
+            print(
+                f"{size:>6} files: RSS {before:5.1f} MiB, after {args.passes} more "
+                f"full passes {after:5.1f} MiB ({after - before:+.1f})"
+            )
 
 
 if __name__ == "__main__":
