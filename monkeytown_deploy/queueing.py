@@ -34,24 +34,22 @@ def target_index(target: str) -> str:
 
 def enqueue_trigger(queue: Queue, request: dict[str, Any], *, timeout: int) -> Job:
     """Enqueue *request* as its trigger's one job; raises RQ's ``DuplicateJobError`` if known."""
-    [enqueued] = enqueue_triggers(queue, [request], timeout=timeout)
-    if not enqueued:
+    [job] = enqueue_triggers(queue, [request], timeout=timeout)
+    if job is None:
         raise DuplicateJobError(f"job {request['trigger_id']} already exists")
-    job = queue.fetch_job(request["trigger_id"])
-    assert job is not None
     return job
 
 
 def enqueue_triggers(
     queue: Queue, requests: Sequence[dict[str, Any]], *, timeout: int
-) -> list[bool]:
+) -> list[Job | None]:
     """Enqueue each request as its trigger's one job, all in one round trip.
 
-    Returns, per request, True when its job was enqueued and False when a job with its id
-    already existed (which was left untouched). Each job is saved and pushed by RQ's own
-    unique-enqueue script, the atomic check-and-save behind ``enqueue_call(unique=True)``;
-    what this adds is running the scripts of a whole batch in one pipeline, since one
-    round trip per trigger was the largest cost of a big commit.
+    Returns, per request, its new job, or None where a job with its id already existed
+    (which is left untouched). Each job is saved and pushed by RQ's own unique-enqueue
+    script, the atomic check-and-save behind ``enqueue_call(unique=True)``; what this adds
+    is running the scripts of a whole batch in one pipeline, since one round trip per
+    trigger was the largest cost of a big commit.
 
     Commands run in order, so each index entry is written before its job: a connection
     lost half-way leaves entries whose job does not exist yet, which readers skip, never
@@ -61,18 +59,19 @@ def enqueue_triggers(
         return []
     connection = queue.connection
     unique_enqueue = get_unique_enqueue_script(connection)  # type: ignore[no-untyped-call]
+    jobs = [_trigger_job(queue, request, timeout) for request in requests]
     with connection.pipeline(transaction=False) as pipe:
         for request in requests:
             index_entry = {request["trigger_id"]: request["committed_at"]}
             pipe.zadd(target_index(request["target"]), index_entry)
         pipe.sadd(queue.redis_queues_keys, queue.key)
-        for request in requests:
-            job = _trigger_job(queue, request, timeout)
+        for job in jobs:
             ttl = -1 if job.ttl is None else job.ttl
             push = [job.id, "R", ttl, *_fields(job)]  # append to the queue's tail, like RQ
             unique_enqueue(keys=[job.key, queue.key], args=push, client=pipe)
         results = pipe.execute()
-    return [result == 1 for result in results[len(requests) + 1 :]]
+    saved = results[len(requests) + 1 :]
+    return [job if result == 1 else None for job, result in zip(jobs, saved, strict=True)]
 
 
 def _trigger_job(queue: Queue, request: dict[str, Any], timeout: int) -> Job:

@@ -81,7 +81,8 @@ def test_a_batch_enqueues_new_jobs_and_leaves_existing_ones(redis_client: redis.
     before = redis_client.hgetall("rq:job:trigger-b")
     batch = [request(name, 200.0, 2.0) for name in ("trigger-a", "trigger-b", "trigger-c")]
 
-    assert enqueue_triggers(queue, batch, timeout=90) == [True, False, True]
+    jobs = enqueue_triggers(queue, batch, timeout=90)
+    assert [job and job.id for job in jobs] == ["trigger-a", None, "trigger-c"]
     assert queue.job_ids == ["trigger-b", "trigger-a", "trigger-c"]
     assert redis_client.hgetall("rq:job:trigger-b") == before
     job = queue.fetch_job("trigger-c")

@@ -214,11 +214,11 @@ class Reconciler:
     ) -> list[tuple[str, dict[str, Any]]]:
         """Enqueue the accepted triggers together; returns the audit events saying how."""
         requests = [job_request(decision, snapshot) for decision in accepted]
-        results = enqueue_triggers(self.queue, requests, timeout=int(self.job_timeout))
+        jobs = enqueue_triggers(self.queue, requests, timeout=int(self.job_timeout))
         events = []
-        for decision, request, enqueued in zip(accepted, requests, results, strict=True):
+        for decision, request, job in zip(accepted, requests, jobs, strict=True):
             identity = {**_identity(decision), "job_id": decision.trigger_id, "path": decision.path}
-            if not enqueued:
+            if job is None:
                 report.duplicates.append(decision.trigger_id)
                 self.metrics.enqueued.labels("duplicate").inc()
                 events.append(("trigger.duplicate", {**identity, "outcome": "duplicate"}))
