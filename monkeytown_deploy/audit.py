@@ -22,15 +22,20 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import structlog
 
 from monkeytown_deploy.keys import key
 
+if TYPE_CHECKING:
+    from monkeytown_deploy.config import Settings
+
 GENESIS = "0" * 64
 STREAM = key("audit")
+STREAM_MAX = 100_000
+"""Records the Redis mirror keeps by default (about 70 MiB at some 700 bytes a record)."""
 STANDARD_FIELDS = (
     "trigger_id",
     "sha",
@@ -145,9 +150,10 @@ _PROCESSORS = (_standard_fields, _timestamp, _redact)
 class _ChainedFile:
     """The structlog "logger": appends each finished record to the chain."""
 
-    def __init__(self, path: Path, stream: redis.Redis | None) -> None:
+    def __init__(self, path: Path, stream: redis.Redis | None, stream_max: int) -> None:
         self.path = path
         self.stream = stream
+        self.stream_max = stream_max
 
     def msg(self, **event: Any) -> dict[str, Any]:
         intent = bool(event.pop("_intent", False))
@@ -181,7 +187,10 @@ class _ChainedFile:
             with self.stream.pipeline(transaction=False) as pipe:
                 for record in records:
                     pipe.xadd(
-                        STREAM, {"record": json.dumps(record)}, maxlen=1_000_000, approximate=True
+                        STREAM,
+                        {"record": json.dumps(record)},
+                        maxlen=self.stream_max,
+                        approximate=True,
                     )
                 pipe.execute()
         except redis.RedisError as exc:
@@ -298,22 +307,35 @@ class AuditLog:
         *,
         actor: str | None = None,
         stream: redis.Redis | None = None,
+        stream_max: int = STREAM_MAX,
         context: Mapping[str, Any] | None = None,
     ) -> None:
+        """*stream*, when given, mirrors every record, keeping about the last *stream_max*."""
         self.path = Path(path)
         self.stream = stream
+        self.stream_max = stream_max
         self.context = {"actor": actor or default_actor(), **(context or {})}
         self._logger = structlog.wrap_logger(
-            _ChainedFile(self.path, stream),
+            _ChainedFile(self.path, stream, stream_max),
             processors=list(_PROCESSORS),
             context_class=dict,
             cache_logger_on_first_use=False,
+        )
+
+    @classmethod
+    def configured(
+        cls, settings: Settings, *, actor: str | None, stream: redis.Redis | None
+    ) -> AuditLog:
+        """The log *settings* name (``audit_log``, ``audit_stream_max``)."""
+        return cls(
+            settings.audit_path, actor=actor, stream=stream, stream_max=settings.audit_stream_max
         )
 
     def bind(self, **context: Any) -> AuditLog:
         """A log that adds *context* (trigger_id, sha, job_id, ...) to every record."""
         bound = AuditLog.__new__(AuditLog)
         bound.path, bound.stream, bound._logger = self.path, self.stream, self._logger
+        bound.stream_max = self.stream_max
         bound.context = {**self.context, **context}
         return bound
 
@@ -342,7 +364,7 @@ class AuditLog:
             for processor in _PROCESSORS:
                 entry = processor(None, "msg", entry)
             prepared.append(dict(entry))
-        sink = _ChainedFile(self.path, self.stream)
+        sink = _ChainedFile(self.path, self.stream, self.stream_max)
         records = sink.append_many(prepared, fsync=False) if prepared else []
         sink.mirror(records)
         return records

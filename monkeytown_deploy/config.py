@@ -31,6 +31,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from monkeytown_deploy.audit import STREAM_MAX
 from triggers import Environment, Rollout
 
 CONFIG_ENV = "MONKEYTOWN_DEPLOY_CONFIG"
@@ -288,6 +289,9 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     state_dir: Path = Field(default_factory=default_state_dir)
     audit_log: Path | None = None
+    audit_stream_max: int = Field(
+        STREAM_MAX, ge=1000, description="records the Redis mirror of the audit log keeps"
+    )
     notify_webhook: SecretStr | None = None
     webhook_secret: SecretStr | None = None
     listen: str | None = Field(None, pattern=r"^[^:]*:\d{1,5}$")

@@ -283,7 +283,7 @@ def rollback(
     settings = settings_from(ctx)
     url = known_redis_url(settings, redis_url)
     client = redis.Redis.from_url(url)
-    log = AuditLog(settings.audit_path, actor=default_actor(), stream=client)
+    log = AuditLog.configured(settings, actor=default_actor(), stream=client)
     try:
         job = enqueue_rollback(
             client, log, Environment(environment), to_revision, job_timeout=settings.job_timeout

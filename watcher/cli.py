@@ -91,7 +91,7 @@ def watch(
     try:
         _ping(client, url)
         owner = default_owner("watcher")
-        audit = AuditLog(settings.audit_path, actor=owner, stream=client)
+        audit = AuditLog.configured(settings, actor=owner, stream=client)
         if once:
             _reconcile_once(repo, branch, client, audit, settings)
             return

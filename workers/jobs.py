@@ -67,7 +67,7 @@ def run_trigger(request: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     client = _redis(job, settings)
     job_id = job.id if job is not None else trigger_request.trigger_id
-    audit = AuditLog(settings.audit_path, actor=actor(), stream=client).bind(
+    audit = AuditLog.configured(settings, actor=actor(), stream=client).bind(
         trigger_id=trigger_request.trigger_id, sha=trigger_request.sha,
         environment=trigger_request.target.value, job_id=job_id,
     )  # fmt: skip
@@ -83,7 +83,7 @@ def run_rollback(request: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     client = _redis(job, settings)
     job_id = job.id if job is not None else f"rollback-{environment}-{int(time.time() * 1000)}"
-    audit = AuditLog(settings.audit_path, actor=actor(), stream=client).bind(
+    audit = AuditLog.configured(settings, actor=actor(), stream=client).bind(
         environment=environment.value, job_id=job_id, requested_by=request.get("actor")
     )
     run = _new_run(settings, client, audit, job_id, job)

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from monkeytown_deploy import audit
 from monkeytown_deploy.audit import AuditLog, AuditWriteError
 from monkeytown_deploy.cli import main
+from monkeytown_deploy.config import Settings
 from tests.ops.conftest import read_lines, records, write_lines
 
 
@@ -159,3 +161,19 @@ def test_concurrent_writers_keep_lines_whole_and_chain_intact(audit_path: Path) 
     for index in range(4):
         assert sum(record["writer"] == f"w{index}" for record in parsed) == 1000
     assert audit.verify(audit_path).intact
+
+
+def test_the_stream_mirror_keeps_the_configured_number_of_records(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    """With audit_stream_max 1000, 3,000 records leave the newest ~1,000 in Redis, all in the file."""
+    settings = Settings(state_dir=tmp_path, audit_stream_max=1000)
+    log = AuditLog.configured(settings, actor="test", stream=redis_client)
+    for batch in range(30):
+        log.record_many([("test.event", {"n": batch * 100 + n}) for n in range(100)])
+
+    assert len(read_lines(settings.audit_path)) == 3000
+    kept = redis_client.xlen(audit.STREAM)
+    assert 1000 <= kept < 1200  # approximate trimming drops whole nodes of 100 entries
+    [(_, newest)] = redis_client.xrevrange(audit.STREAM, count=1)
+    assert json.loads(newest[b"record"])["n"] == 2999

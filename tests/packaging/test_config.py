@@ -20,6 +20,7 @@ BAD_CONFIGS = [
     ('fetch_interval = "soon"', "fetch_interval", "'soon'", "valid number"),
     ("reconcile_interval = 0", "reconcile_interval", "0", "greater than 0"),
     ("job_timeout = -5", "job_timeout", "-5", "greater than 0"),
+    ("audit_stream_max = 10", "audit_stream_max", "10", "greater than or equal to 1000"),
     ('redis_url = "http://redis:6379/0"', "redis_url", "'http://redis:6379/***'", "redis://"),
     ('notify_webhook = "hooks.slack.com/x"', "notify_webhook", "***", "https://"),
     ('listen = "localhost"', "listen", "'localhost'", "should match pattern"),
