@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kubesim.resources import INGRESSES
+from monkeytown_deploy.audit_cli import Progress
 from triggers import Environment
 from workers.jobs import DeploymentFailed, run_trigger
 
@@ -17,6 +18,7 @@ from .conftest import (
     DeployRepo,
     SimCluster,
     Webhook,
+    audit_records,
     events,
     image,
     live_image,
@@ -63,6 +65,19 @@ def test_production_trigger_walks_every_stage_and_promotes(
         "status",
     }
     assert all(r["duration_ms"] is not None for r in events(audit, "apply"))
+    # The progress line an operator watching `up` or `audit tail -f` sees, from these records.
+    line, shown = "", []
+    for record in audit_records(audit):
+        line = Progress.describe(record, line)
+        shown += [line] if line and line not in shown else []
+    assert "production: waiting for monkeytown-web to roll out" in shown
+    assert "production: waiting for monkeytown-web-canary to roll out" in shown
+    assert [s for s in shown if "canary at" in s] == [
+        f"production: canary at {weight}%, analysing{sample}"
+        for weight in (10, 25, 50)
+        for sample in ("", " · sample 1")
+    ]
+    assert line == ""  # nothing left waiting once the job succeeded
 
 
 def test_error_rate_at_second_step_rolls_back(
