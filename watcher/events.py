@@ -31,6 +31,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
 from triggers import TRIGGER_DIR
 from triggers.gitobjects import git
@@ -39,6 +40,13 @@ log = structlog.get_logger("watcher")
 
 _TOP = Path(TRIGGER_DIR).parts[0]  # ".monkeytown": survives when the leaf folder is deleted
 _GIT_FILES = frozenset({"HEAD", "packed-refs"})
+
+# watchdog holds an IN_MOVED_FROM for up to 0.5 s to pair it with its IN_MOVED_TO, and its
+# queue sleeps out the whole hold even when the pair arrives a moment later. When a ref
+# update (main.lock renamed to main) was split across two inotify reads, which happened
+# about once in 150 commits here, the watcher woke 500 ms late. It needs no pairing: an
+# unpaired IN_MOVED_TO still arrives as the creation of the ref, which wakes it.
+InotifyMoveEventGrouper.delay = 0.01
 
 
 class WatchLimitError(RuntimeError):

@@ -48,6 +48,27 @@ def test_commit_wakes_the_watcher_through_inotify(
     assert time.monotonic() - started < 1.0
 
 
+def test_a_ref_renamed_in_from_elsewhere_wakes_the_watcher(
+    checkout: Checkout,
+    run_watcher: Callable[..., Watcher],
+    queue_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """A branch moved by a rename from outside the watched folders (a lone IN_MOVED_TO) wakes it."""
+    watcher = run_watcher(reconcile_interval=QUIET)
+    wait_for(lambda: watcher.leader and watcher.last_report is not None, what="first pass")
+    checkout.write("deploy-moved.md", trigger_text("moved", checkout.base))
+    checkout.git("add", "-A")
+    tree = checkout.git("write-tree")
+    commit = checkout.git("commit-tree", tree, "-p", checkout.head(), "-m", "trigger moved")
+    staged = tmp_path / "main"
+    staged.write_text(commit + "\n")
+
+    staged.rename(checkout.path / ".git" / "refs" / "heads" / "main")
+
+    wait_for(lambda: len(job_ids(queue_client)) == 1, timeout=5, what="the job")
+
+
 def test_uncommitted_trigger_wakes_but_enqueues_nothing(
     checkout: Checkout, run_watcher: Callable[..., Watcher], queue_client: redis.Redis
 ) -> None:
