@@ -311,12 +311,10 @@ class AuditLog:
         context: Mapping[str, Any] | None = None,
     ) -> None:
         """*stream*, when given, mirrors every record, keeping about the last *stream_max*."""
-        self.path = Path(path)
-        self.stream = stream
-        self.stream_max = stream_max
+        self._sink = _ChainedFile(Path(path), stream, stream_max)
         self.context = {"actor": actor or default_actor(), **(context or {})}
         self._logger = structlog.wrap_logger(
-            _ChainedFile(self.path, stream, stream_max),
+            self._sink,
             processors=list(_PROCESSORS),
             context_class=dict,
             cache_logger_on_first_use=False,
@@ -331,11 +329,14 @@ class AuditLog:
             settings.audit_path, actor=actor, stream=stream, stream_max=settings.audit_stream_max
         )
 
+    @property
+    def path(self) -> Path:
+        return self._sink.path
+
     def bind(self, **context: Any) -> AuditLog:
         """A log that adds *context* (trigger_id, sha, job_id, ...) to every record."""
         bound = AuditLog.__new__(AuditLog)
-        bound.path, bound.stream, bound._logger = self.path, self.stream, self._logger
-        bound.stream_max = self.stream_max
+        bound._sink, bound._logger = self._sink, self._logger
         bound.context = {**self.context, **context}
         return bound
 
@@ -364,9 +365,8 @@ class AuditLog:
             for processor in _PROCESSORS:
                 entry = processor(None, "msg", entry)
             prepared.append(dict(entry))
-        sink = _ChainedFile(self.path, self.stream, self.stream_max)
-        records = sink.append_many(prepared, fsync=False) if prepared else []
-        sink.mirror(records)
+        records = self._sink.append_many(prepared, fsync=False) if prepared else []
+        self._sink.mirror(records)
         return records
 
 
